@@ -1,0 +1,202 @@
+//! The HTTP API: routes, and the extractors that parse requests at the edge
+//! (the caller's token, bounded and zeroized JSON bodies, query strings).
+//! Handlers live one file per resource and stay thin.
+
+mod health;
+mod openapi;
+mod policies;
+mod secrets;
+mod tokens;
+
+use crate::auth::{self, Caller};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use axum::http::request::Parts;
+use axum::routing::{delete, get};
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Largest request body accepted (values are at most 64 KiB).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health::health))
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/v1/secrets", get(secrets::list).post(secrets::create))
+        .route(
+            "/v1/secrets/{*path}",
+            get(secrets::get_action)
+                .post(secrets::post_action)
+                .put(secrets::put_action)
+                .patch(secrets::patch_action)
+                .delete(secrets::delete_action),
+        )
+        .route("/v1/policies", get(policies::list))
+        .route("/v1/policies/{name}", get(policies::get).put(policies::put).delete(policies::delete))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> Error {
+    Error::not_found("no such route; see GET /v1/openapi.json for the API")
+}
+
+async fn method_not_allowed() -> Error {
+    Error::new(
+        crate::error::Kind::Invalid,
+        "this route does not accept that HTTP method; see GET /v1/openapi.json",
+    )
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            Error::unauthorized("missing token: send `Authorization: Bearer <token>` (the CLI reads TUMBLER_TOKEN)")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| Zeroizing::new(t.trim().to_owned()))
+            .ok_or_else(|| Error::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        state.store.read(move |conn, _| auth::authenticate(conn, &token)).await
+    }
+}
+
+/// A JSON body read with a size cap, parsed, then wiped from memory.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self> {
+        let bytes = read_body(req, MAX_BODY).await?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Reads a body into a buffer that is zeroized on drop, refusing more than
+/// `limit` bytes before reading them when the length is announced.
+pub async fn read_body(req: Request, limit: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let too_large = || Error::too_large(format!("the request body is over the {limit}-byte limit"));
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(announced.unwrap_or(0)));
+    let mut body: Body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::invalid(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if out.len() + data.len() > limit {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&data);
+        if let Ok(mut unique) = data.try_into_mut() {
+            unique.as_mut().zeroize();
+        }
+    }
+    Ok(out)
+}
+
+/// Parses JSON; errors name the field and the problem but never echo input.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    if bytes.is_empty() {
+        return Err(Error::invalid("the request body is empty; send a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(&path, e.into_inner())
+    })?;
+    de.end().map_err(|e| json_error(".", e))?;
+    Ok(value)
+}
+
+fn json_error(path: &str, e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    let (line, column) = (e.line(), e.column());
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => Error::invalid(format!(
+            "malformed JSON at line {line} column {column}; send a valid JSON object"
+        )),
+        Category::Data => {
+            let full = e.to_string();
+            let msg = full.strip_suffix(&format!(" at line {line} column {column}")).unwrap_or(&full);
+            // serde's "invalid type/value" messages quote the input; keep only what was expected.
+            let msg = match msg.split_once(", expected ") {
+                Some((head, expected)) if head.starts_with("invalid ") => {
+                    format!("wrong type or value, expected {expected}")
+                }
+                _ => msg.to_owned(),
+            };
+            if path == "." || msg.starts_with("missing field") || msg.starts_with("unknown field") {
+                Error::invalid(msg)
+            } else {
+                Error::invalid(format!("field `{path}`: {msg}"))
+            }
+        }
+    }
+}
+
+/// Query string parsed into `T`, with a 400 naming the problem.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(q)
+            .map(Query)
+            .map_err(|e| Error::invalid(format!("query string: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SecretValue;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        value: SecretValue,
+    }
+
+    #[test]
+    fn json_errors_never_echo_the_input() {
+        let e = parse_json::<Body>(br#"{"name":"x","value":12345678}"#).unwrap_err();
+        assert!(!e.message().contains("12345678"), "{}", e.message());
+        assert!(e.message().contains("value"), "{}", e.message());
+        let e = parse_json::<Body>(br#"{"name":"x","value":"#).unwrap_err();
+        assert!(e.message().contains("malformed JSON"), "{}", e.message());
+        let e = parse_json::<Body>(br#"{"name":"x","value":"s3cr3t","extra":1}"#).unwrap_err();
+        assert!(e.message().contains("unknown field"), "{}", e.message());
+        assert!(!e.message().contains("s3cr3t"));
+        let e = parse_json::<Body>(br#"{"name":"x","value":""}"#).unwrap_err();
+        assert!(e.message().contains("empty"), "{}", e.message());
+    }
+}

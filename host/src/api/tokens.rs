@@ -1,0 +1,88 @@
+//! `/v1/tokens`: mint (a subset of the caller's policies, no longer-lived),
+//! list and revoke; all need `admin` on `sys/tokens`.
+
+use super::{AppState, JsonBody};
+use crate::auth::{self, Caller, MintRequest, Minted};
+use crate::error::{Error, Result};
+use crate::model::{Capability, now_millis};
+use crate::store::tokens::{self, TokenInfo};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+const RESOURCE: &str = "sys/tokens";
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    name: String,
+    policies: Vec<String>,
+    /// A duration such as `1h` or `30d`, or seconds as a number (default 32 days).
+    #[schema(value_type = Option<String>)]
+    ttl: Option<Ttl>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Ttl {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Ttl {
+    fn parse(self) -> Result<Duration> {
+        match self {
+            Ttl::Seconds(s) => Ok(Duration::from_secs(s)),
+            Ttl::Text(t) => humantime::parse_duration(&t)
+                .map_err(|e| Error::invalid(format!("ttl {t:?} is not a duration ({e}); write e.g. 30m, 12h or 7d"))),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = CreateToken,
+    responses((status = 201, description = "the token is shown only in this response", body = Minted),
+              (status = 403, body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(st): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<Minted>)> {
+    caller.require(Capability::Admin, RESOURCE)?;
+    let req = MintRequest { name: body.name, policies: body.policies, ttl: body.ttl.map(Ttl::parse).transpose()? };
+    let minted = st.store.write(move |tx, _| auth::mint(tx, Some(&caller), req)).await?;
+    Ok((StatusCode::CREATED, Json(minted)))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "access", responses((status = 200, body = TokenList)))]
+pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<TokenList>> {
+    caller.require(Capability::Admin, RESOURCE)?;
+    let tokens = st.store.read(|conn, _| tokens::list(conn)).await?;
+    Ok(Json(TokenList { tokens }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Revoked {
+    id: String,
+    /// This token and the tokens minted from it.
+    revoked: usize,
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "access", params(("id" = String, Path)),
+    responses((status = 200, body = Revoked), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn revoke(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Revoked>> {
+    caller.require(Capability::Admin, RESOURCE)?;
+    let i = id.clone();
+    let revoked = st
+        .store
+        .write(move |tx, _| tokens::revoke_tree(tx, &i, now_millis()))
+        .await?
+        .ok_or_else(|| Error::not_found(format!("no token has id '{id}'")))?;
+    Ok(Json(Revoked { id, revoked }))
+}

@@ -1,0 +1,124 @@
+//! tumbler: a self-hosted secrets manager. One binary: the server
+//! (`serve`), local operator commands (`init`, `operator`) and the client.
+
+mod api;
+mod auth;
+mod cli;
+mod crypto;
+mod error;
+mod keyfile;
+mod model;
+mod operator;
+mod server;
+mod store;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "tumbler", version, about = "Self-hosted secrets manager with sandboxed WebAssembly rotators")]
+struct Cli {
+    /// Log format for the server.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a data dir and master key file; prints the root token once.
+    Init(operator::InitArgs),
+    /// Run the server.
+    Serve(server::ServeArgs),
+    /// Offline maintenance of a data dir (the server must be stopped).
+    Operator {
+        #[command(subcommand)]
+        command: operator::OperatorCommand,
+    },
+    /// Create, read, list and delete secrets.
+    Secret {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::SecretCommand,
+    },
+    /// Mint, list and revoke tokens.
+    Token {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+    },
+    /// Manage policies.
+    Policy {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::PolicyCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists: the key leaves the environment, and a crash
+    // can never write memory holding secrets to a core file.
+    let env_key = keyfile::take_env_master_key();
+    harden_process();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Init(args) => operator::init(args).await,
+            Command::Serve(args) => server::run(args, env_key).await,
+            Command::Operator { command } => operator::operator(command, env_key),
+            Command::Secret { client, command } => cli::secret(client, command).await,
+            Command::Token { client, command } => cli::token(client, command).await,
+            Command::Policy { client, command } => cli::policy(client, command).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn harden_process() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on this process with valid arguments.
+    unsafe {
+        // Files we create (store, WAL, key files) are private to the owner.
+        libc::umask(0o077);
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TUMBLER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}

@@ -1,0 +1,146 @@
+//! `tumbler serve`: open (or, with `--dev`, create) the store, hold the data
+//! dir lock, start background jobs and listen, with TLS unless on loopback.
+
+use crate::api::{self, AppState};
+use crate::auth;
+use crate::crypto::MasterKey;
+use crate::keyfile::KeySource;
+use crate::model::now_millis;
+use crate::store::{DataDirLock, Store, secrets};
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The data dir made by `tumbler init`.
+    #[arg(long, env = "TUMBLER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Master key file (default: the one `tumbler init` wrote for this data dir).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8200")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
+    /// Throwaway in-memory-keyed store in a temporary dir, deleted on exit.
+    #[arg(long, conflicts_with_all = ["data_dir", "key_file"])]
+    pub dev: bool,
+    /// Root token to use in --dev mode (default: a random one, printed).
+    #[arg(long, requires = "dev")]
+    pub dev_root_token: Option<String>,
+}
+
+/// What must stay alive while the server runs.
+struct Running {
+    store: Store,
+    _lock: DataDirLock,
+    _dev_dir: Option<tempfile::TempDir>,
+}
+
+pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow::Result<()> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading TLS certificate {} and key {}", cert.display(), key.display()))?,
+        ),
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure_plaintext {
+        bail!(
+            "refusing to serve plain HTTP on {}: secrets would cross the network in clear. \
+             Give --tls-cert and --tls-key, listen on 127.0.0.1, or pass --insecure-plaintext \
+             if a TLS-terminating proxy sits in front",
+            args.listen
+        );
+    }
+    let running = if args.dev { open_dev(args.dev_root_token.as_deref()).await? } else { open(&args, env_key)? };
+    spawn_purge_job(running.store.clone());
+
+    let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let app = api::router(AppState { store: running.store.clone() });
+    let handle = axum_server::Handle::new();
+    tokio::spawn(shutdown_on_signal(handle.clone()));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "serving");
+    println!("listening on {scheme}://{addr}");
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(config) => axum_server::from_tcp_rustls(listener, config).handle(handle).serve(service).await?,
+        None => axum_server::from_tcp(listener).handle(handle).serve(service).await?,
+    }
+    drop(running);
+    Ok(())
+}
+
+fn open(args: &ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow::Result<Running> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .context("pass --data-dir DIR (made by `tumbler init`), or --dev for a throwaway server")?;
+    let lock = DataDirLock::acquire(&data_dir, "start a second server on it")?;
+    let source = KeySource::choose(&data_dir, args.key_file.clone(), env_key)?;
+    let master = source.load(&data_dir)?;
+    let store = Store::open(&data_dir, master)?;
+    Ok(Running { store, _lock: lock, _dev_dir: None })
+}
+
+async fn open_dev(root_token: Option<&str>) -> anyhow::Result<Running> {
+    let dir = tempfile::Builder::new().prefix("tumbler-dev-").tempdir()?;
+    let lock = DataDirLock::acquire(dir.path(), "start a second server on it")?;
+    let store = Store::create(dir.path(), MasterKey::generate())?;
+    let token = match root_token {
+        Some(t) if t.is_empty() => bail!("--dev-root-token must not be empty"),
+        Some(t) => {
+            let t = t.to_owned();
+            store.write(move |tx, _| auth::insert_root_token(tx, &t)).await?;
+            None
+        }
+        None => Some(store.write(|tx, keys| auth::mint_root(tx, keys)).await?.token),
+    };
+    println!("tumbler dev server: throwaway store in {} (deleted on exit); do not use it for real secrets", dir.path().display());
+    if let Some(token) = token {
+        println!("root token: {token}");
+    }
+    Ok(Running { store, _lock: lock, _dev_dir: Some(dir) })
+}
+
+/// Removes secrets whose recovery window has passed, at start and hourly.
+fn spawn_purge_job(store: Store) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match store.write(|tx, _| secrets::purge_expired(tx, now_millis())).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged secrets past their recovery window"),
+                Err(e) => tracing::error!(error = %e, "purge of deleted secrets failed"),
+            }
+        }
+    });
+}
+
+async fn shutdown_on_signal(handle: axum_server::Handle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+}

@@ -1,0 +1,649 @@
+//! Secrets, versions and labels: queries and the rules that go with them
+//! (labels are unique per secret, `current` pushes the old one to
+//! `previous`, unlabeled versions beyond 100 are pruned, client tokens make
+//! writes idempotent). Values are sealed here and nowhere else.
+
+use super::Keys;
+use crate::crypto::{self, DataKey};
+use crate::error::{Error, Result};
+use crate::model::{ClientToken, Label, RecoveryDays, SecretName, SecretValue, now_millis, rfc3339};
+use rand::RngCore;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Unlabeled versions kept per secret; older ones are pruned.
+pub const KEEP_UNLABELED: i64 = 100;
+
+pub type Tags = BTreeMap<String, String>;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VersionInfo {
+    pub version_id: String,
+    pub labels: Vec<String>,
+    pub created_at: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SecretSummary {
+    pub name: String,
+    pub description: String,
+    pub tags: Tags,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_at: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SecretDescription {
+    #[serde(flatten)]
+    pub summary: SecretSummary,
+    /// Incremented by every change; each change is a compare-and-set on it.
+    pub generation: i64,
+    pub versions: Vec<VersionInfo>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ValueRead {
+    pub name: String,
+    pub version_id: String,
+    pub labels: Vec<String>,
+    #[schema(value_type = String)]
+    pub value: SecretValue,
+    pub created_at: String,
+}
+
+/// The outcome of a write that may be a retry.
+pub struct Written {
+    pub version_id: String,
+    /// False when a client token matched an earlier write with the same value.
+    pub created: bool,
+}
+
+pub enum Selector {
+    Label(Label),
+    Version(String),
+}
+
+pub struct NewSecret {
+    pub name: SecretName,
+    pub value: SecretValue,
+    pub description: String,
+    pub tags: Tags,
+    pub client_token: Option<ClientToken>,
+}
+
+struct SecretRow {
+    id: i64,
+    generation: i64,
+    deleted_at: Option<i64>,
+    purge_at: Option<i64>,
+}
+
+pub fn validate_tags(tags: &Tags) -> Result<()> {
+    if tags.len() > 50 {
+        return Err(Error::invalid(format!("{} tags given; at most 50 are allowed", tags.len())));
+    }
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            return Err(Error::invalid(format!(
+                "tag {k:?}: keys need 1-128 characters and values at most 256"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_description(d: &str) -> Result<()> {
+    if d.len() > 2048 {
+        return Err(Error::invalid("description is longer than 2048 bytes"));
+    }
+    Ok(())
+}
+
+pub fn create(tx: &Transaction<'_>, keys: &Keys, new: NewSecret) -> Result<Written> {
+    let name = new.name.as_str();
+    if let Some(existing) = find(tx, name)? {
+        // A retry of this very create is answered with what it made the first time.
+        if let Some(token) = &new.client_token {
+            if let Some(w) = replay(tx, keys, existing.id, token, &new.value)? {
+                return Ok(w);
+            }
+        }
+        return Err(match existing.deleted_at {
+            Some(_) => Error::conflict(format!(
+                "secret '{name}' exists and is scheduled for deletion; restore it \
+                 (POST /v1/secrets/{name}:restore) or delete it with force=true first"
+            )),
+            None => Error::conflict(format!(
+                "secret '{name}' already exists; add a version with POST /v1/secrets/{name}:versions"
+            )),
+        });
+    }
+    let now = now_millis();
+    let dek = DataKey::generate();
+    // The row id is needed in the wrapping AAD: insert, then seal the key.
+    tx.execute(
+        "INSERT INTO secrets (name, description, tags, dek_wrapped, dek_kek_id, created_at, updated_at)
+         VALUES (?1, ?2, ?3, x'', '', ?4, ?4)",
+        params![name, new.description, tags_json(&new.tags), now],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "UPDATE secrets SET dek_wrapped = ?1, dek_kek_id = ?2 WHERE id = ?3",
+        params![keys.master.wrap(id, &dek), keys.master.id(), id],
+    )?;
+    let version_id = insert_version(tx, keys, id, &dek, &new.value, new.client_token.as_ref(), now)?;
+    assign_label(tx, id, &Label::current(), &version_id)?;
+    Ok(Written { version_id, created: true })
+}
+
+pub fn put_version(
+    tx: &Transaction<'_>,
+    keys: &Keys,
+    name: &SecretName,
+    value: &SecretValue,
+    client_token: Option<&ClientToken>,
+    labels: &[Label],
+) -> Result<Written> {
+    let row = live(tx, name)?;
+    if let Some(token) = client_token {
+        if let Some(w) = replay(tx, keys, row.id, token, value)? {
+            return Ok(w);
+        }
+    }
+    let dek = unwrap_dek(tx, keys, row.id)?;
+    let now = now_millis();
+    let version_id = insert_version(tx, keys, row.id, &dek, value, client_token, now)?;
+    for label in labels {
+        assign_label(tx, row.id, label, &version_id)?;
+    }
+    prune_unlabeled(tx, row.id)?;
+    bump_generation(tx, &row, now)?;
+    Ok(Written { version_id, created: true })
+}
+
+pub fn move_label(tx: &Transaction<'_>, name: &SecretName, label: &Label, version_id: &str) -> Result<()> {
+    let row = live(tx, name)?;
+    version_exists(tx, row.id, name, version_id)?;
+    assign_label(tx, row.id, label, version_id)?;
+    prune_unlabeled(tx, row.id)?;
+    bump_generation(tx, &row, now_millis())
+}
+
+pub fn patch(
+    tx: &Transaction<'_>,
+    name: &SecretName,
+    description: Option<String>,
+    tags: Option<Tags>,
+) -> Result<()> {
+    let row = live(tx, name)?;
+    if let Some(d) = description {
+        tx.execute("UPDATE secrets SET description = ?1 WHERE id = ?2", params![d, row.id])?;
+    }
+    if let Some(t) = tags {
+        tx.execute("UPDATE secrets SET tags = ?1 WHERE id = ?2", params![tags_json(&t), row.id])?;
+    }
+    bump_generation(tx, &row, now_millis())
+}
+
+pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selector) -> Result<ValueRead> {
+    let row = live(conn, name)?;
+    let found = match sel {
+        Selector::Label(label) => conn
+            .query_row(
+                "SELECT v.id, v.nonce, v.ciphertext, v.created_at FROM labels l
+                 JOIN versions v ON v.id = l.version_id
+                 WHERE l.secret_id = ?1 AND l.label = ?2",
+                params![row.id, label.as_str()],
+                version_cols,
+            )
+            .optional()?,
+        Selector::Version(id) => conn
+            .query_row(
+                "SELECT id, nonce, ciphertext, created_at FROM versions WHERE secret_id = ?1 AND id = ?2",
+                params![row.id, id],
+                version_cols,
+            )
+            .optional()?,
+    };
+    let (version_id, nonce, ciphertext, created_at) = found.ok_or_else(|| match sel {
+        Selector::Label(l) => Error::not_found(format!(
+            "secret '{name}' has no version labeled '{}'; list labels with GET /v1/secrets/{name}:versions",
+            l.as_str()
+        )),
+        Selector::Version(v) => Error::not_found(format!(
+            "secret '{name}' has no version '{v}'; list versions with GET /v1/secrets/{name}:versions"
+        )),
+    })?;
+    let dek = unwrap_dek(conn, keys, row.id)?;
+    let plain = dek.decrypt(row.id, &version_id, &nonce, &ciphertext).map_err(|e| {
+        Error::internal(format!("version {version_id} of secret '{name}' failed to decrypt: {e}"))
+    })?;
+    Ok(ValueRead {
+        name: name.to_string(),
+        labels: labels_of(conn, &version_id)?,
+        version_id,
+        value: SecretValue::from_plaintext(plain)?,
+        created_at: rfc3339(created_at),
+    })
+}
+
+pub fn versions(conn: &Connection, name: &SecretName) -> Result<Vec<VersionInfo>> {
+    let row = find(conn, name.as_str())?.ok_or_else(|| not_found(name))?;
+    version_list(conn, row.id)
+}
+
+pub fn describe(conn: &Connection, name: &SecretName) -> Result<SecretDescription> {
+    let (summary, id, generation) = conn
+        .query_row(
+            &format!("SELECT {SUMMARY_COLS}, id, generation FROM secrets WHERE name = ?1"),
+            [name.as_str()],
+            |r| Ok((summary_cols(r)?, r.get::<_, i64>(7)?, r.get::<_, i64>(8)?)),
+        )
+        .optional()?
+        .ok_or_else(|| not_found(name))?;
+    Ok(SecretDescription { summary, generation, versions: version_list(conn, id)? })
+}
+
+pub struct ListQuery {
+    pub prefix: String,
+    pub after: Option<String>,
+    pub include_deleted: bool,
+    pub limit: usize,
+}
+
+/// Lists names in order, keeping only those `visible` accepts; paging
+/// counts after that filter. Returns the page and, when there is more, the
+/// last name on it (the caller turns that into a page token).
+pub fn list(
+    conn: &Connection,
+    q: &ListQuery,
+    visible: impl Fn(&str) -> bool,
+) -> Result<(Vec<SecretSummary>, Option<String>)> {
+    const BATCH: usize = 512;
+    // Names are ASCII below 0x7f, so this bounds the prefix range.
+    let upper = format!("{}\u{7f}", q.prefix);
+    let mut after = q.after.clone().unwrap_or_default();
+    let mut page = Vec::with_capacity(q.limit.min(1000));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLS} FROM secrets
+         WHERE name > ?1 AND name >= ?2 AND name < ?3 AND (?4 OR deleted_at IS NULL)
+         ORDER BY name LIMIT ?5"
+    ))?;
+    loop {
+        let batch: Vec<SecretSummary> = stmt
+            .query_map(
+                params![after, q.prefix, upper, q.include_deleted, BATCH as i64],
+                summary_cols,
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let exhausted = batch.len() < BATCH;
+        for s in batch {
+            after = s.name.clone();
+            if !visible(&s.name) {
+                continue;
+            }
+            if page.len() == q.limit {
+                let last = page.last().map(|p: &SecretSummary| p.name.clone());
+                return Ok((page, last));
+            }
+            page.push(s);
+        }
+        if exhausted {
+            return Ok((page, None));
+        }
+    }
+}
+
+pub fn soft_delete(tx: &Transaction<'_>, name: &SecretName, days: RecoveryDays) -> Result<String> {
+    let row = live(tx, name)?;
+    let now = now_millis();
+    let purge_at = now + days.millis();
+    tx.execute(
+        "UPDATE secrets SET deleted_at = ?1, purge_at = ?2 WHERE id = ?3",
+        params![now, purge_at, row.id],
+    )?;
+    bump_generation(tx, &row, now)?;
+    Ok(rfc3339(purge_at))
+}
+
+pub fn force_delete(tx: &Transaction<'_>, name: &SecretName) -> Result<()> {
+    let row = find(tx, name.as_str())?.ok_or_else(|| not_found(name))?;
+    tx.execute("DELETE FROM secrets WHERE id = ?1", [row.id])?;
+    Ok(())
+}
+
+pub fn restore(tx: &Transaction<'_>, name: &SecretName) -> Result<()> {
+    let row = find(tx, name.as_str())?.ok_or_else(|| not_found(name))?;
+    if row.deleted_at.is_none() {
+        return Err(Error::conflict(format!("secret '{name}' is not deleted; nothing to restore")));
+    }
+    tx.execute("UPDATE secrets SET deleted_at = NULL, purge_at = NULL WHERE id = ?1", [row.id])?;
+    bump_generation(tx, &row, now_millis())
+}
+
+/// Removes secrets whose recovery window has ended. Returns how many.
+pub fn purge_expired(tx: &Transaction<'_>, now: i64) -> Result<usize> {
+    Ok(tx.execute("DELETE FROM secrets WHERE purge_at IS NOT NULL AND purge_at <= ?1", [now])?)
+}
+
+/// Rewraps every data key under `new` in the caller's transaction.
+pub fn rewrap_all(tx: &Transaction<'_>, old: &crypto::MasterKey, new: &crypto::MasterKey) -> Result<usize> {
+    let rows: Vec<(i64, Vec<u8>, String)> = tx
+        .prepare("SELECT id, dek_wrapped, dek_kek_id FROM secrets")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare("UPDATE secrets SET dek_wrapped = ?1, dek_kek_id = ?2 WHERE id = ?3")?;
+    for (id, wrapped, kek_id) in &rows {
+        if kek_id != old.id() {
+            return Err(Error::internal(format!(
+                "secret row {id} is wrapped by key {kek_id}, not the current key {}; nothing was changed",
+                old.id()
+            )));
+        }
+        let dek = old
+            .unwrap(*id, wrapped)
+            .map_err(|e| Error::internal(format!("data key of secret row {id}: {e}; nothing was changed")))?;
+        update.execute(params![new.wrap(*id, &dek), new.id(), id])?;
+    }
+    Ok(rows.len())
+}
+
+// --- helpers ---------------------------------------------------------------
+
+const SUMMARY_COLS: &str = "name, description, tags, created_at, updated_at, deleted_at, purge_at";
+
+fn summary_cols(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretSummary> {
+    let tags: String = r.get(2)?;
+    Ok(SecretSummary {
+        name: r.get(0)?,
+        description: r.get(1)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        created_at: rfc3339(r.get(3)?),
+        updated_at: rfc3339(r.get(4)?),
+        deleted_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+        purge_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+    })
+}
+
+type VersionCols = (String, Vec<u8>, Vec<u8>, i64);
+
+fn version_cols(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionCols> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+fn tags_json(tags: &Tags) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "{}".into())
+}
+
+fn not_found(name: &SecretName) -> Error {
+    Error::not_found(format!("secret '{name}' does not exist"))
+}
+
+fn find(conn: &Connection, name: &str) -> Result<Option<SecretRow>> {
+    Ok(conn
+        .prepare_cached("SELECT id, generation, deleted_at, purge_at FROM secrets WHERE name = ?1")?
+        .query_row([name], |r| {
+            Ok(SecretRow { id: r.get(0)?, generation: r.get(1)?, deleted_at: r.get(2)?, purge_at: r.get(3)? })
+        })
+        .optional()?)
+}
+
+/// The secret, if it exists and is not scheduled for deletion.
+fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
+    let row = find(conn, name.as_str())?.ok_or_else(|| not_found(name))?;
+    if row.deleted_at.is_some() {
+        return Err(Error::conflict(format!(
+            "secret '{name}' is scheduled for deletion at {}; restore it with POST /v1/secrets/{name}:restore first",
+            row.purge_at.map(rfc3339).unwrap_or_default()
+        )));
+    }
+    Ok(row)
+}
+
+fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey> {
+    let (wrapped, kek_id): (Vec<u8>, String) = conn
+        .prepare_cached("SELECT dek_wrapped, dek_kek_id FROM secrets WHERE id = ?1")?
+        .query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if kek_id != keys.master.id() {
+        return Err(Error::internal(format!(
+            "the data key of secret row {secret_id} is wrapped by master key {kek_id}, not the loaded key {}",
+            keys.master.id()
+        )));
+    }
+    keys.master
+        .unwrap(secret_id, &wrapped)
+        .map_err(|e| Error::internal(format!("data key of secret row {secret_id}: {e}")))
+}
+
+fn insert_version(
+    tx: &Transaction<'_>,
+    keys: &Keys,
+    secret_id: i64,
+    dek: &DataKey,
+    value: &SecretValue,
+    client_token: Option<&ClientToken>,
+    now: i64,
+) -> Result<String> {
+    let mut raw = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    let version_id = hex::encode(raw);
+    let (nonce, ciphertext) = dek.encrypt(secret_id, &version_id, value.expose().as_bytes());
+    let (token_mac, value_mac) = match client_token {
+        Some(t) => (Some(token_mac(keys, secret_id, t)), Some(value_mac(keys, secret_id, value))),
+        None => (None, None),
+    };
+    let seq: i64 = tx.query_row(
+        "UPDATE secrets SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
+        [secret_id],
+        |r| r.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO versions (id, secret_id, seq, nonce, ciphertext, client_token_mac, value_mac, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![version_id, secret_id, seq, nonce, ciphertext, token_mac, value_mac, now],
+    )?;
+    Ok(version_id)
+}
+
+fn token_mac(keys: &Keys, secret_id: i64, token: &ClientToken) -> Vec<u8> {
+    crypto::mac(&keys.client_token, &[b"client-token", &secret_id.to_be_bytes(), token.as_bytes()])
+}
+
+fn value_mac(keys: &Keys, secret_id: i64, value: &SecretValue) -> Vec<u8> {
+    crypto::mac(&keys.client_token, &[b"value", &secret_id.to_be_bytes(), value.expose().as_bytes()])
+}
+
+/// A write carrying a client token seen before: the same value returns the
+/// earlier version; another value is a conflict.
+fn replay(
+    conn: &Connection,
+    keys: &Keys,
+    secret_id: i64,
+    token: &ClientToken,
+    value: &SecretValue,
+) -> Result<Option<Written>> {
+    let earlier: Option<(String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT id, value_mac FROM versions WHERE secret_id = ?1 AND client_token_mac = ?2",
+            params![secret_id, token_mac(keys, secret_id, token)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match earlier {
+        None => Ok(None),
+        Some((version_id, mac)) => {
+            use subtle::ConstantTimeEq;
+            if bool::from(mac.ct_eq(&value_mac(keys, secret_id, value))) {
+                Ok(Some(Written { version_id, created: false }))
+            } else {
+                Err(Error::conflict(
+                    "this client_token was already used with a different value; use a new client_token for a new value",
+                ))
+            }
+        }
+    }
+}
+
+fn version_exists(conn: &Connection, secret_id: i64, name: &SecretName, version_id: &str) -> Result<()> {
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM versions WHERE secret_id = ?1 AND id = ?2",
+            params![secret_id, version_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    found.map(|_| ()).ok_or_else(|| {
+        Error::not_found(format!(
+            "secret '{name}' has no version '{version_id}'; list versions with GET /v1/secrets/{name}:versions"
+        ))
+    })
+}
+
+/// Points `label` at `version_id`. Moving `current` hands `previous` to the
+/// version that was current, as AWS does.
+fn assign_label(tx: &Transaction<'_>, secret_id: i64, label: &Label, version_id: &str) -> Result<()> {
+    if label.as_str() == Label::CURRENT {
+        let old: Option<String> = tx
+            .query_row(
+                "SELECT version_id FROM labels WHERE secret_id = ?1 AND label = 'current'",
+                [secret_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(old) = old.filter(|old| old != version_id) {
+            set_label(tx, secret_id, Label::PREVIOUS, &old)?;
+        }
+    }
+    set_label(tx, secret_id, label.as_str(), version_id)
+}
+
+fn set_label(tx: &Transaction<'_>, secret_id: i64, label: &str, version_id: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO labels (secret_id, label, version_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (secret_id, label) DO UPDATE SET version_id = excluded.version_id",
+        params![secret_id, label, version_id],
+    )?;
+    Ok(())
+}
+
+fn prune_unlabeled(tx: &Transaction<'_>, secret_id: i64) -> Result<()> {
+    tx.execute(
+        "DELETE FROM versions WHERE id IN (
+            SELECT v.id FROM versions v
+            WHERE v.secret_id = ?1
+              AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.version_id = v.id)
+            ORDER BY v.seq DESC LIMIT -1 OFFSET ?2)",
+        params![secret_id, KEEP_UNLABELED],
+    )?;
+    Ok(())
+}
+
+/// The compare-and-set every change ends with: it fails if anyone changed
+/// the secret since `row` was read.
+fn bump_generation(tx: &Transaction<'_>, row: &SecretRow, now: i64) -> Result<()> {
+    let n = tx.execute(
+        "UPDATE secrets SET generation = generation + 1, updated_at = ?1 WHERE id = ?2 AND generation = ?3",
+        params![now, row.id, row.generation],
+    )?;
+    if n != 1 {
+        return Err(Error::conflict("the secret changed while this request ran; retry it"));
+    }
+    Ok(())
+}
+
+fn labels_of(conn: &Connection, version_id: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT label FROM labels WHERE version_id = ?1 ORDER BY label")?;
+    let labels = stmt.query_map([version_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    Ok(labels)
+}
+
+fn version_list(conn: &Connection, secret_id: i64) -> Result<Vec<VersionInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT v.id, v.created_at, group_concat(l.label, ',') FROM versions v
+         LEFT JOIN labels l ON l.version_id = v.id
+         WHERE v.secret_id = ?1 GROUP BY v.id ORDER BY v.seq DESC",
+    )?;
+    let rows = stmt
+        .query_map([secret_id], |r| {
+            let labels: Option<String> = r.get(2)?;
+            let mut labels: Vec<String> =
+                labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
+            labels.sort();
+            Ok(VersionInfo { version_id: r.get(0)?, created_at: rfc3339(r.get(1)?), labels })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_store;
+    use zeroize::Zeroizing;
+
+    fn value(s: &str) -> SecretValue {
+        SecretValue::parse(Zeroizing::new(s.to_owned())).unwrap()
+    }
+
+    fn name(s: &str) -> SecretName {
+        SecretName::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unlabeled_versions_beyond_the_limit_are_pruned() {
+        let (_dir, store) = test_store();
+        store
+            .write(|tx, k| {
+                let new = NewSecret {
+                    name: name("p"),
+                    value: value("v0"),
+                    description: String::new(),
+                    tags: Tags::new(),
+                    client_token: None,
+                };
+                create(tx, k, new)?;
+                for i in 0..150 {
+                    put_version(tx, k, &name("p"), &value(&format!("v{i}")), None, &[])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let versions = store.read(|c, _| versions(c, &name("p"))).await.unwrap();
+        assert_eq!(versions.len() as i64, KEEP_UNLABELED + 1, "100 unlabeled + current");
+        assert!(versions.iter().any(|v| v.labels == ["current"]));
+    }
+
+    #[tokio::test]
+    async fn moving_current_makes_the_old_current_previous() {
+        let (_dir, store) = test_store();
+        let (first, second) = store
+            .write(|tx, k| {
+                let new = NewSecret {
+                    name: name("m"),
+                    value: value("one"),
+                    description: String::new(),
+                    tags: Tags::new(),
+                    client_token: None,
+                };
+                let a = create(tx, k, new)?.version_id;
+                let b = put_version(tx, k, &name("m"), &value("two"), None, &[Label::current()])?.version_id;
+                Ok((a, b))
+            })
+            .await
+            .unwrap();
+        let f = first.clone();
+        store.write(move |tx, _| move_label(tx, &name("m"), &Label::current(), &f)).await.unwrap();
+        let read = store
+            .read(|c, k| read_value(c, k, &name("m"), &Selector::Label(Label::parse("previous")?)))
+            .await
+            .unwrap();
+        assert_eq!(read.version_id, second);
+        assert_eq!(read.value.expose(), "two");
+    }
+}
