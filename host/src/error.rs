@@ -15,6 +15,9 @@ pub enum Kind {
     Conflict,
     TooLarge,
     Internal,
+    /// The server cannot do this now, e.g. the audit log cannot be written
+    /// (fail closed: nothing else was changed).
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -50,6 +53,9 @@ impl Error {
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(Kind::Internal, m)
     }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, m)
+    }
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -63,6 +69,7 @@ impl Error {
             Kind::Conflict => (StatusCode::CONFLICT, "conflict"),
             Kind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Kind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
@@ -94,13 +101,20 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// The error code of a response, left in its extensions so the request
+/// middleware can put it in the audit record without parsing the body.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if self.kind == Kind::Internal {
+        if matches!(self.kind, Kind::Internal | Kind::Unavailable) {
             tracing::error!(message = %self.message, "request failed");
         }
         let body = ErrorBody { error: ErrorDetail { code: code.into(), message: self.message } };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
+        response
     }
 }

@@ -1,6 +1,7 @@
 //! Where the master key comes from (a 0600 key file kept outside the data
 //! dir, or `TUMBLER_MASTER_KEY`), and the offline master key rotation.
 
+use crate::audit;
 use crate::crypto::MasterKey;
 use crate::store::{self, DataDirLock, Store};
 use anyhow::{Context, bail};
@@ -153,6 +154,14 @@ pub fn rotate_master_key(data_dir: &Path, source: &KeySource) -> anyhow::Result<
     write_key(&mut file, &new)?;
     let count = store.write_blocking(|tx, keys| {
         let n = store::secrets::rewrap_all(tx, &keys.master, &new)?;
+        // The audit MAC key derives from the master key: re-MAC the chain
+        // (after checking it under the old key) and record the rotation.
+        let new_audit_key = store::audit_key(&new);
+        audit::chain::rekey(tx, &keys.audit, &new_audit_key)?;
+        let entry = audit::Entry::event(audit::EntryKind::Operator, "operator.rotate-master-key", "", "ok")
+            .with_detail("old_key_id", keys.master.id())
+            .with_detail("new_key_id", new.id());
+        audit::chain::append(tx, &new_audit_key, &[entry])?;
         tx.execute("UPDATE meta SET value = ?1 WHERE key = 'kek_id'", [new.id()])?;
         Ok(n)
     })?;

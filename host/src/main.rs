@@ -1,16 +1,7 @@
-//! tumbler: a self-hosted secrets manager. One binary: the server
-//! (`serve`), local operator commands (`init`, `operator`) and the client.
+//! The `tumbler` binary: the server (`serve`), local operator commands
+//! (`init`, `operator`) and the client, over the library in lib.rs.
 
-mod api;
-mod auth;
-mod cli;
-mod crypto;
-mod error;
-mod keyfile;
-mod model;
-mod operator;
-mod server;
-mod store;
+use tumbler::{cli, keyfile, operator, server};
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -42,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: operator::OperatorCommand,
     },
+    /// Check the audit log of a data dir.
+    Audit {
+        #[command(subcommand)]
+        command: operator::AuditCommand,
+    },
     /// Create, read, list and delete secrets.
     Secret {
         #[command(flatten)]
@@ -55,6 +51,35 @@ enum Command {
         client: cli::ClientArgs,
         #[command(subcommand)]
         command: cli::TokenCommand,
+    },
+    /// Upload and manage rotator plugins.
+    Plugin {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::PluginCommand,
+    },
+    /// Attach, show or remove a secret's rotation config.
+    Rotation {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::RotationCommand,
+    },
+    /// Start a rotation of a secret now.
+    Rotate {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        name: String,
+        /// Wait until it ends; exit non-zero if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A secret's rotations, newest first.
+    History {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        name: String,
     },
     /// Manage policies.
     Policy {
@@ -85,9 +110,14 @@ fn main() -> ExitCode {
             Command::Init(args) => operator::init(args).await,
             Command::Serve(args) => server::run(args, env_key).await,
             Command::Operator { command } => operator::operator(command, env_key),
+            Command::Audit { command } => operator::audit(command, env_key),
             Command::Secret { client, command } => cli::secret(client, command).await,
             Command::Token { client, command } => cli::token(client, command).await,
             Command::Policy { client, command } => cli::policy(client, command).await,
+            Command::Rotation { client, command } => cli::rotation(client, command).await,
+            Command::Rotate { client, name, wait } => cli::rotate(client, name, wait).await,
+            Command::History { client, name } => cli::history(client, name).await,
+            Command::Plugin { client, command } => cli::plugin(client, command).await,
         }
     });
     match result {

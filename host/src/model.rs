@@ -7,6 +7,9 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 pub const MAX_NAME_LEN: usize = 512;
+/// Starts a deserialization error that must become 413 `too_large`, not 400
+/// (serde can carry only a message out of a `Deserialize` impl).
+pub const TOO_LARGE_PREFIX: &str = "too large: ";
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
 /// A secret name: `[A-Za-z0-9/_+=.@-]`, 1–512 characters, `/` separating
@@ -61,6 +64,7 @@ pub struct Label(String);
 impl Label {
     pub const CURRENT: &'static str = "current";
     pub const PREVIOUS: &'static str = "previous";
+    pub const PENDING: &'static str = "pending";
 
     pub fn parse(raw: &str) -> Result<Self, Error> {
         let ok = !raw.is_empty()
@@ -96,7 +100,7 @@ impl SecretValue {
             return Err(Error::invalid("value is empty; a secret value needs at least one byte"));
         }
         if raw.len() > MAX_VALUE_LEN {
-            return Err(Error::invalid(format!(
+            return Err(Error::too_large(format!(
                 "value is {} bytes; the limit is {MAX_VALUE_LEN} bytes (64 KiB)",
                 raw.len()
             )));
@@ -125,7 +129,10 @@ impl<'de> Deserialize<'de> for SecretValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = Zeroizing::new(String::deserialize(d)?);
         // The message names the rule, never the value.
-        SecretValue::parse(raw).map_err(|e| serde::de::Error::custom(e.message()))
+        SecretValue::parse(raw).map_err(|e| match e.kind {
+            crate::error::Kind::TooLarge => serde::de::Error::custom(format!("{TOO_LARGE_PREFIX}{}", e.message())),
+            _ => serde::de::Error::custom(e.message()),
+        })
     }
 }
 

@@ -1,10 +1,12 @@
-//! Local commands that work on a data dir directly: `init` and
-//! `operator rotate-master-key`.
+//! Local commands that work on a data dir directly: `init`,
+//! `operator rotate-master-key` and `audit verify`.
 
+use crate::audit::{self, Entry, EntryKind};
 use crate::auth;
 use crate::cli::Output;
 use crate::crypto::MasterKey;
 use crate::keyfile::{self, KeySource};
+use crate::model::rfc3339;
 use crate::store::{DataDirLock, Store};
 use anyhow::Context;
 use std::os::unix::fs::DirBuilderExt;
@@ -58,7 +60,13 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
     }
     keyfile::write_new_key_file(&key_file, &master)?;
     let store = Store::create(&data_dir, master)?;
-    let root = store.write(|tx, keys| auth::mint_root(tx, keys)).await?;
+    let root = store
+        .write(|tx, keys| {
+            let minted = auth::mint_root(tx, keys)?;
+            audit::append_offline(tx, keys, Entry::event(EntryKind::Operator, "token.create", "root", "ok"))?;
+            Ok(minted)
+        })
+        .await?;
     let token = Zeroizing::new(root.token);
     match args.output {
         Output::Json => println!(
@@ -76,6 +84,51 @@ pub async fn init(args: InitArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Walk the audit chain and report the first broken link (exit 1), or
+    /// a summary (exit 0). Only reads, so it may run beside a server.
+    Verify {
+        #[arg(long, env = "TUMBLER_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+pub fn audit(cmd: AuditCommand, env_key: Option<Zeroizing<String>>) -> anyhow::Result<()> {
+    let AuditCommand::Verify { data_dir, key_file, output } = cmd;
+    let source = KeySource::choose(&data_dir, key_file, env_key)?;
+    let master = source.load(&data_dir)?;
+    let verdict = audit::verify::verify_data_dir(&data_dir, &master)?;
+    match (&verdict, output) {
+        (Ok(s), Output::Json) => println!(
+            "{}",
+            serde_json::json!({"intact": true, "records": s.records,
+                "first_time": s.first_time.map(rfc3339), "last_time": s.last_time.map(rfc3339)})
+        ),
+        (Err(b), Output::Json) => {
+            println!("{}", serde_json::json!({"intact": false, "broken_at": b.seq, "problem": b.problem}))
+        }
+        (Ok(s), Output::Table) => match (s.first_time, s.last_time) {
+            (Some(first), Some(last)) => println!(
+                "audit log intact: {} records ({} to {}), chain head matches",
+                s.records,
+                rfc3339(first),
+                rfc3339(last)
+            ),
+            _ => println!("audit log intact: no records yet, chain head matches"),
+        },
+        (Err(b), Output::Table) => println!("audit log BROKEN at record {}: {}", b.seq, b.problem),
+    }
+    match verdict {
+        Ok(_) => Ok(()),
+        Err(b) => anyhow::bail!("the audit log does not verify (first broken link: record {})", b.seq),
+    }
 }
 
 pub fn operator(cmd: OperatorCommand, env_key: Option<Zeroizing<String>>) -> anyhow::Result<()> {

@@ -2,9 +2,14 @@
 //! (the caller's token, bounded and zeroized JSON bodies, query strings).
 //! Handlers live one file per resource and stay thin.
 
+mod audit;
 mod health;
+mod metrics;
 mod openapi;
+mod plugins;
 mod policies;
+mod request;
+mod rotations;
 mod secrets;
 mod tokens;
 
@@ -27,11 +32,16 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub audit: crate::audit::AuditLog,
+    pub plugins: std::sync::Arc<crate::plugins::registry::Registry>,
+    pub rotation: std::sync::Arc<crate::rotation::Engine>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/health", get(health::health))
+        .route("/metrics", get(metrics::serve))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/secrets", get(secrets::list).post(secrets::create))
         .route(
@@ -42,12 +52,18 @@ pub fn router(state: AppState) -> Router {
                 .patch(secrets::patch_action)
                 .delete(secrets::delete_action),
         )
+        .route("/v1/rotations/{id}", get(rotations::get))
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/{name}", get(plugins::describe).post(plugins::upload).delete(plugins::delete))
         .route("/v1/policies", get(policies::list))
         .route("/v1/policies/{name}", get(policies::get).put(policies::put).delete(policies::delete))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Last, so it wraps every route above and the fallbacks: request id,
+        // span, metrics and the audit record of each request.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request::track))
         .with_state(state)
 }
 
@@ -75,7 +91,11 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(|t| Zeroizing::new(t.trim().to_owned()))
             .ok_or_else(|| Error::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        state.store.read(move |conn, _| auth::authenticate(conn, &token)).await
+        let caller = state.store.read(move |conn, _| auth::authenticate(conn, &token)).await?;
+        if let Some(audit) = parts.extensions.get::<crate::audit::RequestAudit>() {
+            audit.set_caller(&caller.token_id, &caller.token_name);
+        }
+        Ok(caller)
     }
 }
 
@@ -150,6 +170,9 @@ fn json_error(path: &str, e: serde_json::Error) -> Error {
                 }
                 _ => msg.to_owned(),
             };
+            if let Some(rule) = msg.strip_prefix(crate::model::TOO_LARGE_PREFIX) {
+                return Error::too_large(format!("field `{path}`: {rule}"));
+            }
             if path == "." || msg.starts_with("missing field") || msg.starts_with("unknown field") {
                 Error::invalid(msg)
             } else {
@@ -166,11 +189,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
-        let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded::from_str(q)
-            .map(Query)
-            .map_err(|e| Error::invalid(format!("query string: {e}")))
+        parse_query(parts.uri.query()).map(Query)
     }
+}
+
+/// A query string parsed into `T`, for routes whose parameters depend on
+/// the action (`/v1/secrets/{name}:verb`).
+pub fn parse_query<T: DeserializeOwned>(query: Option<&str>) -> Result<T> {
+    serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| Error::invalid(format!("query string: {e}")))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `GET /v1/openapi.json`: the API as OpenAPI 3, generated from the handlers'
 //! annotations so it cannot drift from the code.
 
-use super::{health, policies, secrets, tokens};
+use super::{audit, health, metrics, plugins, policies, rotations, secrets, tokens};
 use crate::auth::Caller;
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -11,11 +11,14 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "tumbler", description = "Self-hosted secrets manager with sandboxed WebAssembly rotators"),
     paths(
-        health::health,
+        health::health, metrics::serve, audit::list,
         secrets::create, secrets::list, secrets::describe, secrets::read_value, secrets::list_versions,
         secrets::new_version, secrets::move_label, secrets::patch, secrets::delete, secrets::restore,
         policies::put, policies::get, policies::list, policies::delete,
         tokens::create, tokens::list, tokens::revoke,
+        plugins::upload, plugins::list, plugins::describe, plugins::delete,
+        rotations::put_config, rotations::get_config, rotations::delete_config, rotations::rotate,
+        rotations::history, rotations::get,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

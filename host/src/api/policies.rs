@@ -1,6 +1,7 @@
 //! `/v1/policies`: named rule sets; managing them needs `admin` on `sys/policies`.
 
 use super::{AppState, JsonBody};
+use crate::audit::RequestAudit;
 use crate::auth::{self, Caller, Rule};
 use crate::error::{Error, Result};
 use crate::model::Capability;
@@ -31,22 +32,29 @@ pub struct PolicyList {
 #[utoipa::path(put, path = "/v1/policies/{name}", tag = "access", params(("name" = String, Path)),
     request_body = PolicyBody, responses((status = 200, body = Policy)))]
 pub async fn put(
-    State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     Path(name): Path<String>,
     JsonBody(body): JsonBody<PolicyBody>,
 ) -> Result<Json<Policy>> {
+    audit.target("policy.put", &name);
     caller.require(Capability::Admin, RESOURCE)?;
     auth::validate_policy_name(&name)?;
     auth::validate_rules(&body.rules)?;
     let (n, rules) = (name.clone(), body.rules.clone());
-    st.store.write(move |tx, _| policies::put(tx, &n, &rules)).await?;
+    audit.write(move |tx, _| policies::put(tx, &n, &rules)).await?;
     Ok(Json(Policy { name, rules: body.rules }))
 }
 
 #[utoipa::path(get, path = "/v1/policies/{name}", tag = "access", params(("name" = String, Path)),
     responses((status = 200, body = Policy), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn get(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Policy>> {
+pub async fn get(
+    State(st): State<AppState>,
+    audit: RequestAudit,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Policy>> {
+    audit.target("policy.read", &name);
     caller.require(Capability::Admin, RESOURCE)?;
     let n = name.clone();
     let rules = st
@@ -58,7 +66,8 @@ pub async fn get(State(st): State<AppState>, caller: Caller, Path(name): Path<St
 }
 
 #[utoipa::path(get, path = "/v1/policies", tag = "access", responses((status = 200, body = PolicyList)))]
-pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<PolicyList>> {
+pub async fn list(State(st): State<AppState>, audit: RequestAudit, caller: Caller) -> Result<Json<PolicyList>> {
+    audit.target("policy.list", RESOURCE);
     caller.require(Capability::Admin, RESOURCE)?;
     let policies = st.store.read(|conn, _| policies::list(conn)).await?;
     Ok(Json(PolicyList { policies }))
@@ -68,14 +77,15 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<Pol
     responses((status = 200, body = PolicyList)))]
 pub async fn delete(
     State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PolicyList>> {
+    audit.target("policy.delete", &name);
     caller.require(Capability::Admin, RESOURCE)?;
-    let n = name.clone();
-    if !st.store.write(move |tx, _| policies::delete(tx, &n)).await? {
-        return Err(Error::not_found(format!("policy '{name}' does not exist")));
-    }
+    let (n, missing) = (name.clone(), format!("policy '{name}' does not exist"));
+    // Deleting nothing is a 404 and must not commit an "ok" record.
+    audit.write(move |tx, _| if policies::delete(tx, &n)? { Ok(()) } else { Err(Error::not_found(missing)) }).await?;
     let policies = st.store.read(|conn, _| policies::list(conn)).await?;
     Ok(Json(PolicyList { policies }))
 }

@@ -1,12 +1,13 @@
 //! `/v1/secrets`: create, list, describe, patch, versions, labels, values,
 //! soft delete, restore. A name's actions are a `:verb` suffix on its path.
 
-use super::{AppState, JsonBody, Query};
+use super::{AppState, JsonBody, Query, parse_query, rotations};
+use crate::audit::RequestAudit;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::{Capability, ClientToken, Label, RecoveryDays, SecretName, SecretValue};
 use crate::store::secrets::{
-    self, ListQuery, NewSecret, SecretDescription, SecretSummary, Selector, Tags, ValueRead, VersionInfo,
+    self, ListQuery, NewSecret, SecretDescription, SecretSummary, Selector, Tags, ValueRead, VersionInfo, Written,
 };
 use axum::Json;
 use axum::extract::{FromRequest, Path, Request, State};
@@ -24,6 +25,10 @@ enum Action {
     Versions,
     Restore,
     Label(Label),
+    /// `:rotation`, `:rotate`, `:rotations` (handlers in rotations.rs).
+    Rotation,
+    Rotate,
+    Rotations,
 }
 
 fn parse_path(path: &str) -> Result<(SecretName, Action)> {
@@ -37,11 +42,15 @@ fn parse_path(path: &str) -> Result<(SecretName, Action)> {
         Some("value") => Action::Value,
         Some("versions") => Action::Versions,
         Some("restore") => Action::Restore,
+        Some("rotation") => Action::Rotation,
+        Some("rotate") => Action::Rotate,
+        Some("rotations") => Action::Rotations,
         Some(a) => match a.strip_prefix("labels/") {
             Some(label) => Action::Label(Label::parse(label)?),
             None => {
                 return Err(Error::not_found(format!(
-                    "unknown action ':{a}'; secrets have :value, :versions, :labels/LABEL and :restore"
+                    "unknown action ':{a}'; secrets have :value, :versions, :labels/LABEL, :restore, \
+                     :rotation, :rotate and :rotations"
                 )));
             }
         },
@@ -53,35 +62,68 @@ fn wrong_method(verb: &str, action: &str) -> Error {
     Error::invalid(format!("use {verb} for {action}"))
 }
 
+// The dispatchers name the action for the audit record before checking
+// the token (`Result<Caller>` defers its refusal), so a refused request is
+// recorded with the action and secret it was aimed at.
+
 pub async fn get_action(
     State(st): State<AppState>,
-    caller: Caller,
+    audit: RequestAudit,
+    caller: Result<Caller>,
     Path(path): Path<String>,
-    Query(q): Query<ValueQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Response> {
-    let (name, action) = parse_path(&path)?;
+    let parsed = parse_path(&path);
+    target(&audit, &parsed, |action| match action {
+        Action::None => Some("secret.describe"),
+        Action::Value => Some("secret.read"),
+        Action::Versions => Some("secret.versions"),
+        Action::Rotation => Some("rotation.config.get"),
+        Action::Rotations => Some("rotation.history"),
+        Action::Restore | Action::Label(_) | Action::Rotate => None,
+    });
+    let caller = caller?;
+    let (name, action) = parsed?;
+    // Each action has its own query parameters.
+    let query = uri.query();
     match action {
         Action::None => describe(st, caller, name).await.map(IntoResponse::into_response),
-        Action::Value => read_value(st, caller, name, q).await.map(IntoResponse::into_response),
+        Action::Value => read_value(st, caller, name, parse_query(query)?).await.map(IntoResponse::into_response),
         Action::Versions => list_versions(st, caller, name).await.map(IntoResponse::into_response),
-        Action::Restore => Err(wrong_method("POST", ":restore")),
+        Action::Rotation => rotations::get_config(st, caller, name).await.map(IntoResponse::into_response),
+        Action::Rotations => {
+            rotations::history(st, caller, name, parse_query(query)?).await.map(IntoResponse::into_response)
+        }
+        Action::Restore | Action::Rotate => Err(wrong_method("POST", "this action")),
         Action::Label(_) => Err(wrong_method("PUT", ":labels/LABEL")),
     }
 }
 
 pub async fn post_action(
     State(st): State<AppState>,
-    caller: Caller,
+    audit: RequestAudit,
+    caller: Result<Caller>,
     Path(path): Path<String>,
     req: Request,
 ) -> Result<Response> {
-    let (name, action) = parse_path(&path)?;
+    let parsed = parse_path(&path);
+    target(&audit, &parsed, |action| match action {
+        Action::Versions => Some("secret.put"),
+        Action::Restore => Some("secret.restore"),
+        Action::Rotate => Some("rotation.start"),
+        Action::None | Action::Value | Action::Label(_) | Action::Rotation | Action::Rotations => None,
+    });
+    let caller = caller?;
+    let (name, action) = parsed?;
     match action {
         Action::Versions => {
             let JsonBody(body) = JsonBody::from_request(req, &()).await?;
-            new_version(st, caller, name, body).await
+            new_version(audit, caller, name, body).await
         }
-        Action::Restore => restore(st, caller, name).await.map(IntoResponse::into_response),
+        Action::Restore => restore(audit, caller, name).await.map(IntoResponse::into_response),
+        Action::Rotate => rotations::rotate(st, audit, caller, name).await.map(IntoResponse::into_response),
+        Action::Rotation => Err(wrong_method("PUT", ":rotation")),
+        Action::Rotations => Err(wrong_method("GET", ":rotations")),
         Action::None => Err(Error::invalid("create a secret with POST /v1/secrets, or add a version with POST :versions")),
         Action::Value => Err(Error::invalid("to write a value use POST :versions")),
         Action::Label(_) => Err(wrong_method("PUT", ":labels/LABEL")),
@@ -90,30 +132,44 @@ pub async fn post_action(
 
 pub async fn put_action(
     State(st): State<AppState>,
-    caller: Caller,
+    audit: RequestAudit,
+    caller: Result<Caller>,
     Path(path): Path<String>,
     req: Request,
 ) -> Result<Response> {
-    let (name, action) = parse_path(&path)?;
-    match action {
-        Action::Label(label) => {
+    let parsed = parse_path(&path);
+    target(&audit, &parsed, |action| match action {
+        Action::Label(_) => Some("secret.label"),
+        Action::Rotation => Some("rotation.config.set"),
+        _ => None,
+    });
+    let caller = caller?;
+    match parsed? {
+        (name, Action::Label(label)) => {
             let JsonBody(body) = JsonBody::from_request(req, &()).await?;
-            move_label(st, caller, name, label, body).await.map(IntoResponse::into_response)
+            move_label(audit, caller, name, label, body).await.map(IntoResponse::into_response)
         }
-        _ => Err(Error::invalid("PUT applies to :labels/LABEL only")),
+        (name, Action::Rotation) => {
+            let JsonBody(body) = JsonBody::from_request(req, &()).await?;
+            rotations::put_config(st, audit, caller, name, body).await.map(IntoResponse::into_response)
+        }
+        _ => Err(Error::invalid("PUT applies to :labels/LABEL and :rotation only")),
     }
 }
 
 pub async fn patch_action(
-    State(st): State<AppState>,
-    caller: Caller,
+    audit: RequestAudit,
+    caller: Result<Caller>,
     Path(path): Path<String>,
     req: Request,
 ) -> Result<Response> {
-    match parse_path(&path)? {
+    let parsed = parse_path(&path);
+    target(&audit, &parsed, |action| matches!(action, Action::None).then_some("secret.patch"));
+    let caller = caller?;
+    match parsed? {
         (name, Action::None) => {
             let JsonBody(body) = JsonBody::from_request(req, &()).await?;
-            patch(st, caller, name, body).await.map(IntoResponse::into_response)
+            patch(audit, caller, name, body).await.map(IntoResponse::into_response)
         }
         _ => Err(Error::invalid("PATCH applies to the secret itself, without an action")),
     }
@@ -121,13 +177,35 @@ pub async fn patch_action(
 
 pub async fn delete_action(
     State(st): State<AppState>,
-    caller: Caller,
+    audit: RequestAudit,
+    caller: Result<Caller>,
     Path(path): Path<String>,
-    Query(q): Query<DeleteQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Response> {
-    match parse_path(&path)? {
-        (name, Action::None) => delete(st, caller, name, q).await.map(IntoResponse::into_response),
-        _ => Err(Error::invalid("DELETE applies to the secret itself, without an action")),
+    let parsed = parse_path(&path);
+    target(&audit, &parsed, |action| match action {
+        Action::None => Some("secret.delete"),
+        Action::Rotation => Some("rotation.config.delete"),
+        _ => None,
+    });
+    let caller = caller?;
+    match parsed? {
+        (name, Action::None) => delete(audit, caller, name, parse_query(uri.query())?).await.map(IntoResponse::into_response),
+        (name, Action::Rotation) => rotations::delete_config(st, audit, caller, name).await.map(IntoResponse::into_response),
+        _ => Err(Error::invalid("DELETE applies to the secret itself or its :rotation")),
+    }
+}
+
+/// Names the request's action (if `name_of` knows it) and secret for its audit record.
+fn target(
+    audit: &RequestAudit,
+    parsed: &Result<(SecretName, Action)>,
+    name_of: impl Fn(&Action) -> Option<&'static str>,
+) {
+    if let Ok((name, action)) = parsed {
+        if let Some(action) = name_of(action) {
+            audit.target(action, name.as_str());
+        }
     }
 }
 
@@ -156,11 +234,13 @@ pub struct VersionCreated {
     responses((status = 201, body = VersionCreated), (status = 200, description = "a retry with the same client_token and value", body = VersionCreated),
               (status = 409, body = crate::error::ErrorBody)))]
 pub async fn create(
-    State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     JsonBody(body): JsonBody<CreateSecret>,
 ) -> Result<Response> {
-    let name = SecretName::parse(&body.name)?;
+    let name = SecretName::parse(&body.name);
+    audit.target("secret.create", name.as_ref().map_or("", |n| n.as_str()));
+    let name = name?;
     caller.require(Capability::Write, name.as_str())?;
     secrets::validate_tags(&body.tags)?;
     secrets::validate_description(&body.description)?;
@@ -171,8 +251,8 @@ pub async fn create(
         description: body.description,
         tags: body.tags,
     };
-    let written = st.store.write(move |tx, keys| secrets::create(tx, keys, new)).await?;
-    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    let written = audit.write_with_status(write_status, move |tx, keys| secrets::create(tx, keys, new)).await?;
+    let status = write_status(&written);
     Ok((status, Json(VersionCreated { name: name.to_string(), version_id: written.version_id })).into_response())
 }
 
@@ -200,9 +280,11 @@ pub struct SecretList {
     responses((status = 200, description = "names the token may list, never values", body = SecretList)))]
 pub async fn list(
     State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     Query(p): Query<ListParams>,
 ) -> Result<Json<SecretList>> {
+    audit.target("secret.list", &p.prefix);
     let limit = match p.limit {
         None => 100,
         Some(n @ 1..=1000) => n,
@@ -287,7 +369,12 @@ pub struct NewVersion {
     params(("name" = String, Path)), request_body = NewVersion,
     responses((status = 201, body = VersionCreated), (status = 200, description = "a retry with the same client_token and value", body = VersionCreated),
               (status = 409, body = crate::error::ErrorBody)))]
-pub async fn new_version(st: AppState, caller: Caller, name: SecretName, body: NewVersion) -> Result<Response> {
+pub async fn new_version(
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+    body: NewVersion,
+) -> Result<Response> {
     caller.require(Capability::Write, name.as_str())?;
     let labels = match body.labels {
         None => vec![Label::current()],
@@ -296,11 +383,12 @@ pub async fn new_version(st: AppState, caller: Caller, name: SecretName, body: N
     let client_token = body.client_token.as_deref().map(ClientToken::parse).transpose()?;
     let value = body.value;
     let n = name.clone();
-    let written = st
-        .store
-        .write(move |tx, keys| secrets::put_version(tx, keys, &n, &value, client_token.as_ref(), &labels))
+    let written = audit
+        .write_with_status(write_status, move |tx, keys| {
+            secrets::put_version(tx, keys, &n, &value, client_token.as_ref(), &labels)
+        })
         .await?;
-    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = write_status(&written);
     Ok((status, Json(VersionCreated { name: name.to_string(), version_id: written.version_id })).into_response())
 }
 
@@ -321,7 +409,7 @@ pub struct LabelMoved {
     params(("name" = String, Path), ("label" = String, Path)), request_body = MoveLabel,
     responses((status = 200, body = LabelMoved), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn move_label(
-    st: AppState,
+    audit: RequestAudit,
     caller: Caller,
     name: SecretName,
     label: Label,
@@ -329,7 +417,7 @@ pub async fn move_label(
 ) -> Result<Json<LabelMoved>> {
     caller.require(Capability::Write, name.as_str())?;
     let (n, l, v) = (name.clone(), label.clone(), body.version_id.clone());
-    st.store.write(move |tx, _| secrets::move_label(tx, &n, &l, &v)).await?;
+    audit.write(move |tx, _| secrets::move_label(tx, &n, &l, &v)).await?;
     Ok(Json(LabelMoved { name: name.to_string(), label: label.as_str().into(), version_id: body.version_id }))
 }
 
@@ -343,7 +431,12 @@ pub struct PatchSecret {
 #[utoipa::path(patch, path = "/v1/secrets/{name}", tag = "secrets",
     params(("name" = String, Path)), request_body = PatchSecret,
     responses((status = 200, body = SecretDescription)))]
-pub async fn patch(st: AppState, caller: Caller, name: SecretName, body: PatchSecret) -> Result<Json<SecretDescription>> {
+pub async fn patch(
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+    body: PatchSecret,
+) -> Result<Json<SecretDescription>> {
     caller.require(Capability::Write, name.as_str())?;
     if let Some(d) = &body.description {
         secrets::validate_description(d)?;
@@ -351,7 +444,7 @@ pub async fn patch(st: AppState, caller: Caller, name: SecretName, body: PatchSe
     if let Some(t) = &body.tags {
         secrets::validate_tags(t)?;
     }
-    st.store
+    audit
         .write(move |tx, _| {
             secrets::patch(tx, &name, body.description, body.tags)?;
             secrets::describe(tx, &name)
@@ -381,30 +474,40 @@ pub struct Deleted {
 
 #[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets",
     params(("name" = String, Path), DeleteQuery), responses((status = 200, body = Deleted)))]
-pub async fn delete(st: AppState, caller: Caller, name: SecretName, q: DeleteQuery) -> Result<Json<Deleted>> {
+pub async fn delete(
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+    q: DeleteQuery,
+) -> Result<Json<Deleted>> {
     caller.require(Capability::Delete, name.as_str())?;
     if q.force && q.recovery_days.is_some() {
         return Err(Error::invalid("give recovery_days or force=true, not both"));
     }
     let n = name.clone();
     if q.force {
-        st.store.write(move |tx, _| secrets::force_delete(tx, &n)).await?;
+        audit.write(move |tx, _| secrets::force_delete(tx, &n)).await?;
         return Ok(Json(Deleted { name: name.to_string(), purge_at: None, purged: true }));
     }
     let days = RecoveryDays::parse(q.recovery_days)?;
-    let purge_at = st.store.write(move |tx, _| secrets::soft_delete(tx, &n, days)).await?;
+    let purge_at = audit.write(move |tx, _| secrets::soft_delete(tx, &n, days)).await?;
     Ok(Json(Deleted { name: name.to_string(), purge_at: Some(purge_at), purged: false }))
 }
 
 #[utoipa::path(post, path = "/v1/secrets/{name}:restore", tag = "secrets",
     params(("name" = String, Path)), responses((status = 200, body = SecretDescription)))]
-pub async fn restore(st: AppState, caller: Caller, name: SecretName) -> Result<Json<SecretDescription>> {
+pub async fn restore(audit: RequestAudit, caller: Caller, name: SecretName) -> Result<Json<SecretDescription>> {
     caller.require(Capability::Delete, name.as_str())?;
-    st.store
+    audit
         .write(move |tx, _| {
             secrets::restore(tx, &name)?;
             secrets::describe(tx, &name)
         })
         .await
         .map(Json)
+}
+
+/// 201 for a new version, 200 for a retry that matched an earlier write.
+fn write_status(written: &Written) -> StatusCode {
+    if written.created { StatusCode::CREATED } else { StatusCode::OK }
 }

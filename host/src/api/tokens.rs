@@ -2,6 +2,7 @@
 //! list and revoke; all need `admin` on `sys/tokens`.
 
 use super::{AppState, JsonBody};
+use crate::audit::RequestAudit;
 use crate::auth::{self, Caller, MintRequest, Minted};
 use crate::error::{Error, Result};
 use crate::model::{Capability, now_millis};
@@ -50,18 +51,21 @@ pub struct TokenList {
     responses((status = 201, description = "the token is shown only in this response", body = Minted),
               (status = 403, body = crate::error::ErrorBody)))]
 pub async fn create(
-    State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     JsonBody(body): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<Minted>)> {
+    audit.target("token.create", &body.name);
     caller.require(Capability::Admin, RESOURCE)?;
     let req = MintRequest { name: body.name, policies: body.policies, ttl: body.ttl.map(Ttl::parse).transpose()? };
-    let minted = st.store.write(move |tx, _| auth::mint(tx, Some(&caller), req)).await?;
+    let minted =
+        audit.write_with_status(|_| StatusCode::CREATED, move |tx, _| auth::mint(tx, Some(&caller), req)).await?;
     Ok((StatusCode::CREATED, Json(minted)))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "access", responses((status = 200, body = TokenList)))]
-pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<TokenList>> {
+pub async fn list(State(st): State<AppState>, audit: RequestAudit, caller: Caller) -> Result<Json<TokenList>> {
+    audit.target("token.list", RESOURCE);
     caller.require(Capability::Admin, RESOURCE)?;
     let tokens = st.store.read(|conn, _| tokens::list(conn)).await?;
     Ok(Json(TokenList { tokens }))
@@ -76,13 +80,13 @@ pub struct Revoked {
 
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "access", params(("id" = String, Path)),
     responses((status = 200, body = Revoked), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn revoke(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Revoked>> {
+pub async fn revoke(audit: RequestAudit, caller: Caller, Path(id): Path<String>) -> Result<Json<Revoked>> {
+    audit.target("token.revoke", &id);
     caller.require(Capability::Admin, RESOURCE)?;
-    let i = id.clone();
-    let revoked = st
-        .store
-        .write(move |tx, _| tokens::revoke_tree(tx, &i, now_millis()))
-        .await?
-        .ok_or_else(|| Error::not_found(format!("no token has id '{id}'")))?;
+    let (i, missing) = (id.clone(), format!("no token has id '{id}'"));
+    // An unknown id is a 404 and must not commit an "ok" record.
+    let revoked = audit
+        .write(move |tx, _| tokens::revoke_tree(tx, &i, now_millis())?.ok_or_else(|| Error::not_found(missing)))
+        .await?;
     Ok(Json(Revoked { id, revoked }))
 }

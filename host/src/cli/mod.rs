@@ -1,6 +1,10 @@
 //! The client half of the binary: `secret`, `token` and `policy` commands
 //! that talk to a server over HTTP(S), reading TUMBLER_ADDR and TUMBLER_TOKEN.
 
+mod rotation;
+
+pub use rotation::{RotationCommand, history, rotate, rotation};
+
 use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -140,6 +144,25 @@ pub enum PolicyCommand {
     Rm { name: String },
 }
 
+#[derive(clap::Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Register a new version of a plugin from a `.wasm` component.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    Ls,
+    /// Versions, info and parameters of a plugin.
+    Describe { name: String },
+    /// Remove a plugin (every version, or one).
+    Rm {
+        name: String,
+        #[arg(long)]
+        version: Option<i64>,
+    },
+}
+
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -172,14 +195,22 @@ impl Client {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let url = format!("{}{path}", self.addr);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t.as_str());
-        }
+        let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.send(req).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.addr));
+        match &self.token {
+            Some(t) => req.bearer_auth(t.as_str()),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let resp = req.send().await.with_context(|| format!("cannot reach {}; check TUMBLER_ADDR", self.addr))?;
         let status = resp.status();
         let text = Zeroizing::new(resp.text().await?);
@@ -359,6 +390,50 @@ pub async fn token(args: ClientArgs, cmd: TokenCommand) -> anyhow::Result<()> {
         TokenCommand::Revoke { id } => {
             let out = c.call(Method::DELETE, &format!("/v1/tokens/{id}"), None).await?;
             c.print(&out, |v| println!("revoked {} token(s)", v["revoked"]));
+        }
+    }
+    Ok(())
+}
+
+pub async fn plugin(args: ClientArgs, cmd: PluginCommand) -> anyhow::Result<()> {
+    let c = Client::new(args)?;
+    match cmd {
+        PluginCommand::Upload { file, name } => {
+            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm));
+            let req = c
+                .request(Method::POST, &format!("/v1/plugins/{name}"))
+                .header("content-type", "application/wasm")
+                .header("x-tumbler-sha256", &sha)
+                .body(wasm);
+            let out = c.send(req).await?;
+            c.print(&out, |v| {
+                println!("{} version {} (sha256 {})", v["name"].as_str().unwrap_or(""), v["version"], sha);
+            });
+        }
+        PluginCommand::Ls => {
+            let out = c.call(Method::GET, "/v1/plugins", None).await?;
+            c.print(&out, |v| {
+                println!("{:<20} {:<8} {:<8} DESCRIPTION", "NAME", "VERSION", "BUILTIN");
+                for p in v["plugins"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<20} {:<8} {:<8} {}",
+                        p["name"].as_str().unwrap_or(""),
+                        p["version"],
+                        p["builtin"],
+                        p["info"]["description"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        PluginCommand::Describe { name } => {
+            let out = c.call(Method::GET, &format!("/v1/plugins/{name}"), None).await?;
+            c.print(&out, |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()));
+        }
+        PluginCommand::Rm { name, version } => {
+            let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+            let out = c.call(Method::DELETE, &format!("/v1/plugins/{name}{query}"), None).await?;
+            c.print(&out, |v| println!("removed {} version(s) of {name}", v["versions_removed"]));
         }
     }
     Ok(())

@@ -65,6 +65,119 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX tokens_parent ON tokens (parent_id);
     "#,
+    // 2: the audit log, a hash chain (see audit/chain.rs). Its head is also
+    // kept in `meta`, outside the table, so a cut-off tail is detected.
+    r#"
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        time       INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        token_id   TEXT NOT NULL,
+        token_name TEXT NOT NULL,
+        client     TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        resource   TEXT NOT NULL,
+        status     INTEGER,
+        outcome    TEXT NOT NULL,
+        detail     TEXT NOT NULL,
+        prev_mac   BLOB NOT NULL,
+        mac        BLOB NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('audit_head', '0:');
+    "#,
+    // 3: registered plugin versions (the component bytes; the compiled form
+    // is cached on disk, keyed by sha256).
+    r#"
+    CREATE TABLE plugins (
+        name       TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        sha256     TEXT NOT NULL,
+        wasm       BLOB NOT NULL,
+        info       TEXT NOT NULL,
+        builtin    INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+    );
+    "#,
+    // 4: SSH host keys recorded on first use, for grants that opt into it
+    // ("host:port tofu"), enforced on every later connection.
+    r#"
+    CREATE TABLE ssh_known_hosts (
+        target      TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        first_seen  INTEGER NOT NULL
+    );
+    "#,
+    // 5: rotation. One config per secret (the plugin pinned by sha256, the
+    // schedule, the next due time the scheduler sleeps towards, indexed so
+    // it never scans), the rotations themselves (a persisted state machine;
+    // at most one running per secret) and each step attempt with its plugin
+    // log and error text sealed under the secret's data key.
+    r#"
+    CREATE TABLE rotation_configs (
+        secret_id      INTEGER PRIMARY KEY REFERENCES secrets (id) ON DELETE CASCADE,
+        plugin         TEXT NOT NULL,
+        plugin_version INTEGER NOT NULL,
+        plugin_sha256  TEXT NOT NULL,
+        schedule       TEXT NOT NULL,
+        window_ms      INTEGER NOT NULL,
+        params         TEXT NOT NULL,
+        grants         TEXT NOT NULL,
+        max_attempts   INTEGER NOT NULL,
+        next_slot      INTEGER,
+        next_due       INTEGER,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL
+    );
+    CREATE INDEX rotation_configs_due ON rotation_configs (next_due) WHERE next_due IS NOT NULL;
+    CREATE INDEX rotation_configs_plugin ON rotation_configs (plugin, plugin_version);
+
+    CREATE TABLE rotations (
+        id              TEXT PRIMARY KEY,
+        secret_id       INTEGER NOT NULL REFERENCES secrets (id) ON DELETE CASCADE,
+        trigger         TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        step            TEXT NOT NULL,
+        attempt         INTEGER NOT NULL,
+        retry_at        INTEGER,
+        generation      INTEGER NOT NULL,
+        from_version    TEXT,
+        pending_version TEXT,
+        fell_off        TEXT,
+        labels_moved    INTEGER NOT NULL DEFAULT 0,
+        plugin          TEXT NOT NULL,
+        plugin_version  INTEGER NOT NULL,
+        plugin_sha256   TEXT NOT NULL,
+        params          TEXT NOT NULL,
+        grants          TEXT NOT NULL,
+        max_attempts    INTEGER NOT NULL,
+        scheduled_for   INTEGER,
+        error_code      TEXT,
+        error_nonce     BLOB,
+        error_sealed    BLOB,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        finished_at     INTEGER
+    );
+    CREATE UNIQUE INDEX rotations_one_running ON rotations (secret_id) WHERE status = 'running';
+    CREATE INDEX rotations_history ON rotations (secret_id, created_at);
+
+    CREATE TABLE rotation_attempts (
+        rotation_id  TEXT NOT NULL REFERENCES rotations (id) ON DELETE CASCADE,
+        seq          INTEGER NOT NULL,
+        step         TEXT NOT NULL,
+        attempt      INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL,
+        finished_at  INTEGER,
+        outcome      TEXT,
+        log_nonce    BLOB,
+        log_sealed   BLOB,
+        error_nonce  BLOB,
+        error_sealed BLOB,
+        PRIMARY KEY (rotation_id, seq)
+    );
+    "#,
 ];
 
 pub fn apply(conn: &Connection) -> Result<()> {

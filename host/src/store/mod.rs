@@ -6,6 +6,7 @@
 mod lock;
 mod migrations;
 pub mod policies;
+pub mod rotations;
 pub mod secrets;
 pub mod tokens;
 
@@ -26,13 +27,22 @@ pub struct Keys {
     pub master: MasterKey,
     /// MAC key for client tokens and value fingerprints (idempotent writes).
     pub client_token: Zeroizing<[u8; 32]>,
+    /// MAC key of the audit chain.
+    pub audit: Zeroizing<[u8; 32]>,
 }
 
 impl Keys {
     pub fn new(master: MasterKey) -> Self {
         let client_token = master.derive("tumbler/v1/client-token-mac");
-        Keys { master, client_token }
+        let audit = audit_key(&master);
+        Keys { master, client_token, audit }
     }
+}
+
+/// The audit chain's MAC key under `master` (also needed offline, by
+/// `audit verify` and the master key rotation that re-MACs the chain).
+pub fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
+    master.derive("tumbler/v1/audit-mac")
 }
 
 #[derive(Clone)]
@@ -89,6 +99,11 @@ impl Store {
                 keys: Keys::new(master),
             }),
         })
+    }
+
+    /// A key derived from the master key for `purpose` (HKDF).
+    pub fn derive_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        self.inner.keys.master.derive(purpose)
     }
 
     /// Runs `f` on a reader connection, off the async runtime.
@@ -175,7 +190,7 @@ fn open_connection(path: &Path) -> Result<Connection> {
 /// Compares the key id recorded at init with the given key's id, reading
 /// the database without creating or changing any file when it was shut
 /// down cleanly.
-fn check_master_key(data_dir: &Path, master: &MasterKey) -> Result<()> {
+pub fn check_master_key(data_dir: &Path, master: &MasterKey) -> Result<()> {
     let stored = stored_key_id(data_dir)?;
     if stored != master.id() {
         return Err(Error::forbidden(format!(
@@ -198,19 +213,25 @@ pub fn stored_key_id(data_dir: &Path) -> Result<String> {
             data_dir.display()
         )));
     }
+    open_read_only(data_dir)?
+        .query_row("SELECT value FROM meta WHERE key = 'kek_id'", [], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::internal("the store has no master key id; it was not created by tumbler init"))
+}
+
+/// A read-only connection that creates and changes no file when the store
+/// was shut down cleanly, and reads beside a running server otherwise.
+pub fn open_read_only(data_dir: &Path) -> Result<Connection> {
+    let path = data_dir.join(DB_FILE);
     let clean = !wal_path(&path).exists();
     let conn = if clean {
         let uri = format!("file:{}?immutable=1", path.display());
-        Connection::open_with_flags(
-            uri,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
-        )?
+        Connection::open_with_flags(uri, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI)?
     } else {
         Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?
     };
-    conn.query_row("SELECT value FROM meta WHERE key = 'kek_id'", [], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| Error::internal("the store has no master key id; it was not created by tumbler init"))
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
 }
 
 fn wal_path(db: &Path) -> PathBuf {

@@ -76,9 +76,9 @@ pub struct NewSecret {
     pub client_token: Option<ClientToken>,
 }
 
-struct SecretRow {
-    id: i64,
-    generation: i64,
+pub(crate) struct SecretRow {
+    pub(crate) id: i64,
+    pub(crate) generation: i64,
     deleted_at: Option<i64>,
     purge_at: Option<i64>,
 }
@@ -155,6 +155,9 @@ pub fn put_version(
             return Ok(w);
         }
     }
+    if labels.iter().any(|l| l.as_str() == Label::PENDING) {
+        refuse_if_rotation_owns_pending(tx, &row, name)?;
+    }
     let dek = unwrap_dek(tx, keys, row.id)?;
     let now = now_millis();
     let version_id = insert_version(tx, keys, row.id, &dek, value, client_token, now)?;
@@ -169,6 +172,11 @@ pub fn put_version(
 pub fn move_label(tx: &Transaction<'_>, name: &SecretName, label: &Label, version_id: &str) -> Result<()> {
     let row = live(tx, name)?;
     version_exists(tx, row.id, name, version_id)?;
+    let owned = super::rotations::running_pending(tx, row.id)?;
+    let touches_pending = label.as_str() == Label::PENDING || owned.as_deref() == Some(version_id);
+    if touches_pending {
+        refuse_if_rotation_owns_pending(tx, &row, name)?;
+    }
     assign_label(tx, row.id, label, version_id)?;
     prune_unlabeled(tx, row.id)?;
     bump_generation(tx, &row, now_millis())
@@ -393,8 +401,21 @@ fn find(conn: &Connection, name: &str) -> Result<Option<SecretRow>> {
         .optional()?)
 }
 
+/// A running rotation owns `pending` from its start to its label move: a
+/// write that would move `pending`, or put another label on the version
+/// being rotated in, is refused rather than mixed into the rotation.
+fn refuse_if_rotation_owns_pending(conn: &Connection, row: &SecretRow, name: &SecretName) -> Result<()> {
+    match super::rotations::running_id(conn, row.id)? {
+        Some(rotation_id) => Err(Error::conflict(format!(
+            "rotation {rotation_id} of secret '{name}' owns the pending label until it ends; \
+             wait for it (GET /v1/rotations/{rotation_id}) and retry"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The secret, if it exists and is not scheduled for deletion.
-fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
+pub(crate) fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
     let row = find(conn, name.as_str())?.ok_or_else(|| not_found(name))?;
     if row.deleted_at.is_some() {
         return Err(Error::conflict(format!(
@@ -405,7 +426,7 @@ fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
     Ok(row)
 }
 
-fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey> {
+pub(crate) fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey> {
     let (wrapped, kek_id): (Vec<u8>, String) = conn
         .prepare_cached("SELECT dek_wrapped, dek_kek_id FROM secrets WHERE id = ?1")?
         .query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -420,7 +441,7 @@ fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey>
         .map_err(|e| Error::internal(format!("data key of secret row {secret_id}: {e}")))
 }
 
-fn insert_version(
+pub(crate) fn insert_version(
     tx: &Transaction<'_>,
     keys: &Keys,
     secret_id: i64,
@@ -506,15 +527,9 @@ fn version_exists(conn: &Connection, secret_id: i64, name: &SecretName, version_
 
 /// Points `label` at `version_id`. Moving `current` hands `previous` to the
 /// version that was current, as AWS does.
-fn assign_label(tx: &Transaction<'_>, secret_id: i64, label: &Label, version_id: &str) -> Result<()> {
+pub(crate) fn assign_label(tx: &Transaction<'_>, secret_id: i64, label: &Label, version_id: &str) -> Result<()> {
     if label.as_str() == Label::CURRENT {
-        let old: Option<String> = tx
-            .query_row(
-                "SELECT version_id FROM labels WHERE secret_id = ?1 AND label = 'current'",
-                [secret_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let old = labeled(tx, secret_id, Label::CURRENT)?;
         if let Some(old) = old.filter(|old| old != version_id) {
             set_label(tx, secret_id, Label::PREVIOUS, &old)?;
         }
@@ -531,7 +546,7 @@ fn set_label(tx: &Transaction<'_>, secret_id: i64, label: &str, version_id: &str
     Ok(())
 }
 
-fn prune_unlabeled(tx: &Transaction<'_>, secret_id: i64) -> Result<()> {
+pub(crate) fn prune_unlabeled(tx: &Transaction<'_>, secret_id: i64) -> Result<()> {
     tx.execute(
         "DELETE FROM versions WHERE id IN (
             SELECT v.id FROM versions v
@@ -545,7 +560,7 @@ fn prune_unlabeled(tx: &Transaction<'_>, secret_id: i64) -> Result<()> {
 
 /// The compare-and-set every change ends with: it fails if anyone changed
 /// the secret since `row` was read.
-fn bump_generation(tx: &Transaction<'_>, row: &SecretRow, now: i64) -> Result<()> {
+pub(crate) fn bump_generation(tx: &Transaction<'_>, row: &SecretRow, now: i64) -> Result<()> {
     let n = tx.execute(
         "UPDATE secrets SET generation = generation + 1, updated_at = ?1 WHERE id = ?2 AND generation = ?3",
         params![now, row.id, row.generation],
@@ -554,6 +569,34 @@ fn bump_generation(tx: &Transaction<'_>, row: &SecretRow, now: i64) -> Result<()
         return Err(Error::conflict("the secret changed while this request ran; retry it"));
     }
     Ok(())
+}
+
+/// Removes `label` from the secret if it points at `version_id`.
+pub(crate) fn remove_label(tx: &Transaction<'_>, secret_id: i64, label: &str, version_id: &str) -> Result<()> {
+    tx.execute(
+        "DELETE FROM labels WHERE secret_id = ?1 AND label = ?2 AND version_id = ?3",
+        params![secret_id, label, version_id],
+    )?;
+    Ok(())
+}
+
+/// Deletes a version that no label points at any more (a failed
+/// rotation's pending value); a labeled one is left alone.
+pub(crate) fn drop_unlabeled_version(tx: &Transaction<'_>, secret_id: i64, version_id: &str) -> Result<bool> {
+    let n = tx.execute(
+        "DELETE FROM versions WHERE secret_id = ?1 AND id = ?2
+           AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.version_id = versions.id)",
+        params![secret_id, version_id],
+    )?;
+    Ok(n == 1)
+}
+
+/// The id of the version `label` points at.
+pub(crate) fn labeled(conn: &Connection, secret_id: i64, label: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached("SELECT version_id FROM labels WHERE secret_id = ?1 AND label = ?2")?
+        .query_row(params![secret_id, label], |r| r.get(0))
+        .optional()?)
 }
 
 fn labels_of(conn: &Connection, version_id: &str) -> Result<Vec<String>> {

@@ -1,0 +1,135 @@
+//! What wraps every request: a request id (taken from a sane `X-Request-Id`
+//! or made here, returned in `x-request-id`), a tracing span, metrics by
+//! route template, and the audit record — a response whose record cannot
+//! be written is replaced by 503 and never sent.
+
+use super::AppState;
+use crate::audit::RequestAudit;
+use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::metrics;
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Routes that are not audited: liveness probes and scrapes carry no token
+/// and touch no secret, and auditing them would drown the log.
+const UNAUDITED: &[&str] = &["/v1/health", "/metrics"];
+
+pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    // The template, never the path: a path holds a secret name, and label
+    // values from input would grow without bound.
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
+    let audit = (!UNAUDITED.contains(&route.as_str()))
+        .then(|| RequestAudit::new(st.audit.clone(), &request_id, &client, format!("{method} {route}")));
+    if let Some(audit) = &audit {
+        req.extensions_mut().insert(audit.clone());
+    }
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    );
+    async move {
+        let mut response = next.run(req).await;
+        if let Some(audit) = audit {
+            response = finish_audit(&audit, &method, response).await;
+        }
+        let status = response.status();
+        let latency = started.elapsed();
+        metrics().http_requests.inc(&[&route, method.as_str(), status.as_str()]);
+        metrics().http_duration.observe(&[&route, method.as_str()], latency.as_secs_f64());
+        let span = tracing::Span::current();
+        span.record("status", status.as_u16());
+        span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+        tracing::info!("request finished");
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Writes the record of a request whose handler did not write it with a
+/// mutation; until it is on disk the response (a read's body) is held back.
+async fn finish_audit(audit: &RequestAudit, method: &Method, response: Response) -> Response {
+    let status = response.status();
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if mutating && status.is_success() && !audit.written() {
+        // The change committed without its record: a handler that should
+        // use `RequestAudit::write`. The record still goes in, after it.
+        tracing::warn!("a successful mutating request did not write its audit record in its transaction");
+    }
+    match audit.finish(status, code).await {
+        Ok(()) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller's `X-Request-Id` if it is 1-64 characters of `[A-Za-z0-9._:-]`
+/// (so it is safe in logs and records), else a fresh random one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=64).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)));
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let mut raw = [0u8; 12];
+            rand::thread_rng().fill_bytes(&mut raw);
+            format!("req_{}", hex::encode(raw))
+        }
+    }
+}
+
+/// Handlers take the request's audit record as an argument.
+impl<S: Send + Sync> FromRequestParts<S> for RequestAudit {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        parts
+            .extensions
+            .get::<RequestAudit>()
+            .cloned()
+            .ok_or_else(|| Error::internal("this route is not audited, so it cannot change anything"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sane_request_ids_are_kept_others_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123.x:y_z"));
+        assert_eq!(request_id(&h), "abc-123.x:y_z");
+        for bad in ["has space", "new\u{7f}line", ""] {
+            if let Ok(v) = HeaderValue::from_str(bad) {
+                h.insert(REQUEST_ID, v);
+                assert!(request_id(&h).starts_with("req_"), "{bad:?}");
+            }
+        }
+        h.insert(REQUEST_ID, HeaderValue::from_str(&"a".repeat(65)).unwrap());
+        assert!(request_id(&h).starts_with("req_"));
+        assert!(request_id(&HeaderMap::new()).starts_with("req_"));
+    }
+}

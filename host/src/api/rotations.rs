@@ -1,0 +1,180 @@
+//! Rotation routes: a secret's rotation config (`:rotation`), starting a
+//! rotation now (`:rotate`), its history (`:rotations`) and one record
+//! (`/v1/rotations/{id}`). Plugin logs and error texts are shown only to
+//! callers who may read the secret; everyone else sees error codes.
+
+use super::AppState;
+use crate::audit::RequestAudit;
+use crate::auth::Caller;
+use crate::error::{Error, Result};
+use crate::model::{Capability, SecretName};
+use crate::rotation::config::{self, ConfigRequest, ConfigView};
+use crate::rotation::state::{self, RotationRecord, Started, Trigger};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+#[utoipa::path(put, path = "/v1/secrets/{name}:rotation", tag = "rotation",
+    params(("name" = String, Path)), request_body = ConfigRequest,
+    responses((status = 200, body = ConfigView),
+              (status = 400, description = "a field is invalid; the message names it", body = crate::error::ErrorBody),
+              (status = 403, description = "needs `admin` on the secret and `read` on every granted secret", body = crate::error::ErrorBody)))]
+pub async fn put_config(
+    st: AppState,
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+    body: ConfigRequest,
+) -> Result<Json<ConfigView>> {
+    caller.require(Capability::Admin, name.as_str())?;
+    let config = body.parse(&st.plugins, st.rotation.settings().max_attempts).await?;
+    // Granting a secret to a plugin hands it to whoever wrote the plugin.
+    for granted in &config.granted_secrets {
+        caller.require(Capability::Read, granted.as_str()).map_err(|_| {
+            Error::forbidden(format!(
+                "grants.secrets names '{granted}', which token '{}' may not read; only someone who can read a \
+                 secret may hand it to a plugin",
+                caller.token_name
+            ))
+        })?;
+    }
+    let n = name.clone();
+    let (view, started) = audit
+        .write(move |tx, _| {
+            config::put(tx, &n, &config)?;
+            let started = match config.rotate_now {
+                true => Some(state::start(tx, &n, &config.pinned, Trigger::Manual, None)?),
+                false => None,
+            };
+            Ok((config::view(tx, &n)?, started))
+        })
+        .await?;
+    if let Some(s) = started.filter(|s| !s.already_running) {
+        st.rotation.drive(s.rotation_id);
+    }
+    st.rotation.wake();
+    Ok(Json(view))
+}
+
+#[utoipa::path(get, path = "/v1/secrets/{name}:rotation", tag = "rotation",
+    params(("name" = String, Path)),
+    responses((status = 200, body = ConfigView), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get_config(st: AppState, caller: Caller, name: SecretName) -> Result<Json<ConfigView>> {
+    caller.require(Capability::Rotate, name.as_str())?;
+    st.store.read(move |conn, _| config::view(conn, &name)).await.map(Json)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConfigRemoved {
+    name: String,
+    removed: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/secrets/{name}:rotation", tag = "rotation",
+    params(("name" = String, Path)),
+    responses((status = 200, description = "no rotation is scheduled any more; one already running ends normally", body = ConfigRemoved),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn delete_config(st: AppState, audit: RequestAudit, caller: Caller, name: SecretName) -> Result<Json<ConfigRemoved>> {
+    caller.require(Capability::Admin, name.as_str())?;
+    let n = name.clone();
+    audit.write(move |tx, _| config::remove(tx, &n)).await?;
+    st.rotation.wake();
+    Ok(Json(ConfigRemoved { name: name.to_string(), removed: true }))
+}
+
+#[utoipa::path(post, path = "/v1/secrets/{name}:rotate", tag = "rotation",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "started; or, when one is already running, that one's id with `already_running: true` (no second rotation starts)", body = Started),
+              (status = 404, description = "no such secret, or it has no rotation config", body = crate::error::ErrorBody)))]
+pub async fn rotate(st: AppState, audit: RequestAudit, caller: Caller, name: SecretName) -> Result<(StatusCode, Json<Started>)> {
+    caller.require(Capability::Rotate, name.as_str())?;
+    let n = name.clone();
+    let started = audit
+        .write(move |tx, _| {
+            let pinned = config::pinned(tx, &n)?;
+            state::start(tx, &n, &pinned, Trigger::Manual, None)
+        })
+        .await?;
+    if !started.already_running {
+        st.rotation.drive(started.rotation_id.clone());
+    }
+    Ok((StatusCode::ACCEPTED, Json(started)))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryParams {
+    /// Page size, 1-100 (default 20).
+    limit: Option<usize>,
+    page_token: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct History {
+    rotations: Vec<RotationRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_page_token: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/secrets/{name}:rotations", tag = "rotation",
+    params(("name" = String, Path), HistoryParams),
+    responses((status = 200, description = "newest first; `error` and each attempt's `log` only with `read` on the secret", body = History)))]
+pub async fn history(st: AppState, caller: Caller, name: SecretName, q: HistoryParams) -> Result<Json<History>> {
+    caller.require(Capability::Rotate, name.as_str())?;
+    let limit = match q.limit {
+        None => 20,
+        Some(n @ 1..=100) => n,
+        Some(n) => return Err(Error::invalid(format!("limit is {n}; choose 1 to 100"))),
+    };
+    let before = q
+        .page_token
+        .map(|t| {
+            URL_SAFE_NO_PAD
+                .decode(&t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| Error::invalid("page_token is not one this server issued; start again without it"))
+        })
+        .transpose()?;
+    let reveal = caller.allows(Capability::Read, name.as_str());
+    let (rotations, more) = st
+        .store
+        .read(move |conn, keys| {
+            let id = state::secret_id(conn, &name)?;
+            let mut rows = state::history(conn, id, before.as_deref(), limit + 1)?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let records = rows.into_iter().map(|r| state::record(conn, keys, r, reveal)).collect::<Result<Vec<_>>>()?;
+            Ok((records, more))
+        })
+        .await?;
+    let next_page_token = more.then(|| rotations.last().map(|r| URL_SAFE_NO_PAD.encode(&r.id))).flatten();
+    Ok(Json(History { rotations, next_page_token }))
+}
+
+#[utoipa::path(get, path = "/v1/rotations/{id}", tag = "rotation",
+    params(("id" = String, Path)),
+    responses((status = 200, description = "`error` and each attempt's `log` only with `read` on the secret", body = RotationRecord),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub async fn get(
+    State(st): State<AppState>,
+    audit: RequestAudit,
+    caller: Result<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<RotationRecord>> {
+    audit.target("rotation.get", &id);
+    let caller = caller?;
+    let rid = id.clone();
+    let row = st
+        .store
+        .read(move |conn, _| state::load(conn, &rid))
+        .await?
+        .ok_or_else(|| state::error_for_missing(&id))?;
+    audit.target("rotation.get", &row.secret_name);
+    caller.require(Capability::Rotate, &row.secret_name)?;
+    let reveal = caller.allows(Capability::Read, &row.secret_name);
+    st.store.read(move |conn, keys| state::record(conn, keys, row, reveal)).await.map(Json)
+}

@@ -1,0 +1,231 @@
+//! The audit log: one record per API request, rotation step, lease event and
+//! plugin capability call, chained with an HMAC so an edit, a deletion, a
+//! reorder or a recomputed chain is detectable (`tumbler audit verify`).
+//!
+//! Fail closed: a mutation's record is appended in the mutation's own
+//! transaction ([`RequestAudit::write`]); any other record goes through
+//! group commit and the caller waits for it (a read's body is sent only
+//! after its record is on disk). If a record cannot be written, the caller
+//! gets `unavailable` (503) and nothing else changes.
+//!
+//! Records never hold a secret value or a token: only names, ids, the
+//! action, the outcome and short non-secret details.
+
+mod batch;
+pub mod chain;
+mod request;
+pub mod sink;
+pub mod verify;
+
+pub use chain::{Record, RecordJson};
+pub use request::RequestAudit;
+
+use crate::alerts::{Alert, Alerts};
+use crate::error::{Error, Kind, Result};
+use crate::metrics::metrics;
+use crate::model::now_millis;
+use crate::store::{Keys, Store};
+use rusqlite::Transaction;
+use sink::FileSink;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+
+/// An audit failure raises at most one alert per this many milliseconds.
+const ALERT_EVERY_MS: i64 = 60_000;
+
+/// Who or what a record is about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EntryKind {
+    #[default]
+    Request,
+    Rotation,
+    Lease,
+    Plugin,
+    Operator,
+    System,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Request => "request",
+            EntryKind::Rotation => "rotation",
+            EntryKind::Lease => "lease",
+            EntryKind::Plugin => "plugin",
+            EntryKind::Operator => "operator",
+            EntryKind::System => "system",
+        }
+    }
+}
+
+/// What a record says, before it has a place in the chain.
+#[derive(Clone, Debug, Default)]
+pub struct Entry {
+    pub time: i64,
+    pub kind: EntryKind,
+    pub request_id: String,
+    pub token_id: String,
+    pub token_name: String,
+    pub client: String,
+    pub action: String,
+    pub resource: String,
+    pub status: Option<u16>,
+    /// `ok` or an error code (`forbidden`, `plugin_failed`, `timeout`...).
+    pub outcome: String,
+    /// Short, non-secret facts: ids, step names, attempt numbers, hosts.
+    pub detail: BTreeMap<String, String>,
+}
+
+impl Entry {
+    /// An event that is not an API request.
+    pub fn event(kind: EntryKind, action: &str, resource: &str, outcome: &str) -> Entry {
+        Entry {
+            time: now_millis(),
+            kind,
+            action: action.into(),
+            resource: resource.into(),
+            outcome: outcome.into(),
+            ..Entry::default()
+        }
+    }
+
+    pub fn with_detail(mut self, key: &str, value: impl ToString) -> Entry {
+        self.detail.insert(key.into(), value.to_string());
+        self
+    }
+}
+
+// Hooks for the subsystems that land later (rotation engine, leases, plugin
+// capabilities): one constructor each, so their records share one shape.
+impl Entry {
+    /// One step of a rotation (`create`, `set`, `test`, `finish`): which
+    /// plugin, which attempt, and how it ended (an error code, never plugin text).
+    pub fn rotation_step(
+        secret: &str,
+        rotation_id: &str,
+        plugin: &str,
+        step: &str,
+        attempt: u32,
+        outcome: &str,
+    ) -> Entry {
+        Entry::event(EntryKind::Rotation, "rotation.step", secret, outcome)
+            .with_detail("rotation_id", rotation_id)
+            .with_detail("plugin", plugin)
+            .with_detail("step", step)
+            .with_detail("attempt", attempt)
+    }
+
+    /// A lease event: `lease.issue`, `lease.renew`, `lease.revoke`,
+    /// `lease.expire`, `lease.revoke_failed`...
+    pub fn lease(action: &str, role: &str, lease_id: &str, outcome: &str) -> Entry {
+        Entry::event(EntryKind::Lease, action, role, outcome).with_detail("lease_id", lease_id)
+    }
+
+    /// A plugin's call of a host capability (`sql`, `ssh`, `http`,
+    /// `secrets`), with the target it asked for and whether the grant allowed it.
+    pub fn plugin_call(secret: &str, plugin: &str, capability: &str, target: &str, outcome: &str) -> Entry {
+        Entry::event(EntryKind::Plugin, "plugin.call", secret, outcome)
+            .with_detail("plugin", plugin)
+            .with_detail("capability", capability)
+            .with_detail("target", target)
+    }
+}
+
+/// Appends one entry in the caller's transaction, without the file sink:
+/// for offline commands (`init`, the master key rotation) and the dev
+/// server's start, which run without a server's [`AuditLog`].
+pub fn append_offline(tx: &Transaction<'_>, keys: &Keys, entry: Entry) -> Result<()> {
+    chain::append(tx, &keys.audit, &[entry]).map(|_| ())
+}
+
+/// The audit log of a running server: appends records in callers'
+/// transactions or through group commit, mirrors them to the file sink,
+/// and raises an alert when it cannot.
+#[derive(Clone)]
+pub struct AuditLog {
+    writer: Arc<Writer>,
+    queue: mpsc::Sender<batch::Pending>,
+}
+
+/// What appending needs; shared with the group-commit task, which does not
+/// hold the queue's sender, so it ends when the last `AuditLog` is dropped.
+struct Writer {
+    store: Store,
+    sink: Option<FileSink>,
+    alerts: Alerts,
+    last_alert: AtomicI64,
+}
+
+impl AuditLog {
+    /// Starts the group-commit task.
+    pub fn start(store: Store, sink: Option<FileSink>, alerts: Alerts) -> AuditLog {
+        let (queue, receiver) = mpsc::channel(batch::QUEUE);
+        let writer = Arc::new(Writer { store, sink, alerts, last_alert: AtomicI64::new(i64::MIN) });
+        tokio::spawn(batch::run(writer.clone(), receiver));
+        AuditLog { writer, queue }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.writer.store
+    }
+
+    /// Appends `entries` in the caller's write transaction: they commit or
+    /// roll back with the caller's changes. An error here must fail the
+    /// transaction (it comes back as `unavailable`).
+    pub fn append_in(&self, tx: &Transaction<'_>, keys: &Keys, entries: &[Entry]) -> Result<()> {
+        self.writer.append_in(tx, keys, entries)
+    }
+
+    /// Appends one entry through group commit; returns once it is on disk.
+    pub async fn append(&self, entry: Entry) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        let gone = || Error::unavailable("the audit log is shutting down; the request was not carried out");
+        self.queue.send(batch::Pending { entry, done }).await.map_err(|_| gone())?;
+        wait.await.map_err(|_| gone())?
+    }
+}
+
+impl Writer {
+    fn append_in(&self, tx: &Transaction<'_>, keys: &Keys, entries: &[Entry]) -> Result<()> {
+        let written = chain::append(tx, &keys.audit, entries).and_then(|records| {
+            if let Some(sink) = &self.sink {
+                sink.write(&records)?;
+            }
+            Ok(records.len())
+        });
+        match written {
+            // Counted before the commit: a transaction that then fails to
+            // commit over-counts, which a counter of attempts can bear.
+            Ok(n) => {
+                metrics().audit_records.add(&[], n as u64);
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Counts the failure, raises an alert (at most one a minute) and turns
+    /// the error into `unavailable`.
+    fn failed(&self, e: Error) -> Error {
+        metrics().audit_failures.inc(&[]);
+        let now = now_millis();
+        let last = self.last_alert.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= ALERT_EVERY_MS
+            && self.last_alert.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.alerts.raise(Alert::audit_unavailable());
+        }
+        if e.kind == Kind::Unavailable {
+            return e;
+        }
+        Error::unavailable(format!(
+            "the audit log cannot be written ({}); the request was refused and nothing was changed",
+            e.message()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

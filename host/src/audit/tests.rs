@@ -1,0 +1,250 @@
+use super::verify::{Break, ChainCheck, check_store};
+use super::*;
+use crate::alerts::Alerts;
+use crate::store::{DB_FILE, test_store};
+use rusqlite::Connection;
+
+fn entry(n: usize) -> Entry {
+    Entry::event(EntryKind::Request, "secret.read", &format!("app/s{n}"), "ok").with_detail("n", n)
+}
+
+/// A direct connection to the store's file, as someone with disk access has.
+fn raw(dir: &tempfile::TempDir) -> Connection {
+    Connection::open(dir.path().join(DB_FILE)).unwrap()
+}
+
+async fn fill(store: &Store, n: usize) {
+    store
+        .write(move |tx, keys| {
+            let entries: Vec<Entry> = (1..=n).map(entry).collect();
+            chain::append(tx, &keys.audit, &entries).map(|_| ())
+        })
+        .await
+        .unwrap();
+}
+
+fn verdict(dir: &tempfile::TempDir, key: &[u8; 32]) -> Result<verify::Summary, Break> {
+    check_store(&mut raw(dir), key).unwrap()
+}
+
+async fn key_of(store: &Store) -> [u8; 32] {
+    store.read(|_, keys| Ok(*keys.audit)).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_untouched_chain_verifies() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    assert_eq!(verdict(&dir, &key).unwrap().records, 0);
+    fill(&store, 5).await;
+    fill(&store, 3).await;
+    assert_eq!(verdict(&dir, &key).unwrap().records, 8);
+    // Another key sees every MAC as wrong.
+    assert_eq!(verdict(&dir, &[7; 32]).unwrap_err().seq, 1);
+}
+
+#[tokio::test]
+async fn edits_deletions_reorders_and_cut_tails_are_found() {
+    type Tamper = fn(&Connection);
+    let cases: &[(&str, Tamper, i64)] = &[
+        (
+            "edit",
+            |c| {
+                c.execute("UPDATE audit SET resource = 'other' WHERE seq = 4", []).unwrap();
+            },
+            4,
+        ),
+        (
+            "delete in the middle",
+            |c| {
+                c.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+            },
+            3,
+        ),
+        (
+            "swap two records",
+            |c| {
+                c.execute_batch(
+                    "UPDATE audit SET seq = -1 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 5;
+                 UPDATE audit SET seq = 5 WHERE seq = -1;",
+                )
+                .unwrap();
+            },
+            2,
+        ),
+        (
+            "cut the tail",
+            |c| {
+                c.execute("DELETE FROM audit WHERE seq > 6", []).unwrap();
+            },
+            7,
+        ),
+        (
+            "replace the head's MAC",
+            |c| {
+                c.execute("UPDATE meta SET value = '8:' || hex(zeroblob(32)) WHERE key = 'audit_head'", []).unwrap();
+            },
+            8,
+        ),
+        (
+            "drop the head",
+            |c| {
+                c.execute("DELETE FROM meta WHERE key = 'audit_head'", []).unwrap();
+            },
+            9,
+        ),
+    ];
+    for (what, tamper, seq) in cases {
+        let (dir, store) = test_store();
+        let key = key_of(&store).await;
+        fill(&store, 8).await;
+        tamper(&raw(&dir));
+        let broken = verdict(&dir, &key).expect_err(what);
+        assert_eq!(broken.seq, *seq, "{what}: {broken:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_chain_recomputed_without_the_key_is_found() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    fill(&store, 6).await;
+    // Rewrite record 3 and re-MAC it and every later link with a guessed key.
+    let wrong = [9u8; 32];
+    let conn = raw(&dir);
+    conn.execute("UPDATE audit SET token_name = 'someone-else' WHERE seq = 3", []).unwrap();
+    let mut prev: Vec<u8> = conn.query_row("SELECT mac FROM audit WHERE seq = 2", [], |r| r.get(0)).unwrap();
+    for seq in 3..=6 {
+        let mut r = chain::list(&conn, seq - 1, 1).unwrap().remove(0);
+        r.prev_mac = prev.clone();
+        r.mac = r.expected_mac(&wrong, &prev);
+        conn.execute(
+            "UPDATE audit SET prev_mac = ?1, mac = ?2 WHERE seq = ?3",
+            rusqlite::params![r.prev_mac, r.mac, seq],
+        )
+        .unwrap();
+        prev = r.mac;
+    }
+    let head = format!("6:{}", hex::encode(&prev));
+    conn.execute("UPDATE meta SET value = ?1 WHERE key = 'audit_head'", [head]).unwrap();
+    let broken = verdict(&dir, &key).unwrap_err();
+    assert_eq!(broken.seq, 3, "{broken:?}");
+    assert!(broken.problem.contains("MAC"), "{broken:?}");
+}
+
+#[tokio::test]
+async fn group_commit_writes_every_record_once_in_one_chain() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    let tasks: Vec<_> = (0..300)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(entry(n)).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(verdict(&dir, &key).unwrap().records, 300);
+    let resources: std::collections::BTreeSet<String> =
+        store.read(|c, _| Ok(chain::list(c, 0, 1000)?.into_iter().map(|r| r.resource).collect())).await.unwrap();
+    assert_eq!(resources.len(), 300);
+}
+
+#[tokio::test]
+async fn a_mutation_whose_record_cannot_be_written_changes_nothing() {
+    let (dir, store) = test_store();
+    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    raw(&dir)
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;")
+        .unwrap();
+    let audit = RequestAudit::new(log.clone(), "req_1", "127.0.0.1:1", "test".into());
+    let err = audit
+        .write(|tx, _| {
+            tx.execute("INSERT INTO meta (key, value) VALUES ('marker', 'x')", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, Kind::Unavailable, "{err}");
+    let marker: i64 = raw(&dir).query_row("SELECT count(*) FROM meta WHERE key = 'marker'", [], |r| r.get(0)).unwrap();
+    assert_eq!(marker, 0, "the mutation rolled back with its record");
+    // The failure is final for this request: nothing more is attempted.
+    audit.finish(axum::http::StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")).await.unwrap();
+    // A read's record goes through group commit and fails the same way.
+    let read = RequestAudit::new(log, "req_2", "127.0.0.1:1", "test".into());
+    let err = read.finish(axum::http::StatusCode::OK, None).await.unwrap_err();
+    assert_eq!(err.kind, Kind::Unavailable);
+}
+
+#[tokio::test]
+async fn a_mutation_and_its_record_commit_together() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    let audit = RequestAudit::new(log, "req_9", "10.0.0.1:5000", "test".into());
+    audit.set_caller("tok_1", "ci");
+    audit.target("secret.create", "app/db");
+    audit.write_with_status(|_| axum::http::StatusCode::CREATED, |_, _| Ok(())).await.unwrap();
+    // Already written: finish adds nothing.
+    audit.finish(axum::http::StatusCode::CREATED, None).await.unwrap();
+    assert_eq!(verdict(&dir, &key).unwrap().records, 1);
+    let r = store.read(|c, _| chain::list(c, 0, 10)).await.unwrap().remove(0);
+    assert_eq!(
+        (r.request_id.as_str(), r.token_id.as_str(), r.token_name.as_str(), r.client.as_str()),
+        ("req_9", "tok_1", "ci", "10.0.0.1:5000")
+    );
+    assert_eq!(
+        (r.action.as_str(), r.resource.as_str(), r.status, r.outcome.as_str()),
+        ("secret.create", "app/db", Some(201), "ok")
+    );
+}
+
+#[tokio::test]
+async fn rekey_moves_the_chain_to_the_new_key_and_refuses_a_broken_one() {
+    let (dir, store) = test_store();
+    let old = key_of(&store).await;
+    fill(&store, 4).await;
+    let new = [5u8; 32];
+    store.write(move |tx, _| chain::rekey(tx, &old, &new)).await.unwrap();
+    assert_eq!(verdict(&dir, &new).unwrap().records, 4);
+    assert!(verdict(&dir, &old).is_err());
+
+    raw(&dir).execute("UPDATE audit SET action = 'x' WHERE seq = 2", []).unwrap();
+    let err = store.write(move |tx, _| chain::rekey(tx, &new, &old)).await.unwrap_err();
+    assert!(err.message().contains("record 2"), "{err}");
+}
+
+#[test]
+fn chain_check_reports_the_first_break() {
+    let key = [1u8; 32];
+    let mut check = ChainCheck::new(&key);
+    let mut prev = chain::GENESIS.to_vec();
+    let mut records = Vec::new();
+    for seq in 1..=3 {
+        let mut r = Record {
+            seq,
+            time: seq,
+            kind: "request".into(),
+            request_id: String::new(),
+            token_id: String::new(),
+            token_name: String::new(),
+            client: String::new(),
+            action: "a".into(),
+            resource: String::new(),
+            status: None,
+            outcome: "ok".into(),
+            detail: "{}".into(),
+            prev_mac: prev.clone(),
+            mac: Vec::new(),
+        };
+        r.mac = r.expected_mac(&key, &prev);
+        prev = r.mac.clone();
+        records.push(r);
+    }
+    check.next(&records[0]).unwrap();
+    let err = check.next(&records[2]).unwrap_err();
+    assert_eq!(err.seq, 2);
+    assert!(err.problem.contains("deleted"), "{err:?}");
+}

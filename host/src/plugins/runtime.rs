@@ -1,0 +1,451 @@
+//! Compiling, loading and calling plugins. Each call gets a fresh store:
+//! nothing a plugin does in one step survives into the next.
+
+use super::bindings::tumbler::rotator::types as wit;
+use super::bindings::{Rotator, RotatorPre};
+use super::cache::ComponentCache;
+use super::capabilities::Grants;
+use super::output::{CapturedOutput, Redactions};
+use crate::model::SecretName;
+use crate::store::Store as SecretStore;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use zeroize::Zeroizing;
+
+/// Bounds applied to every plugin call.
+#[derive(Clone, Debug)]
+pub struct RuntimeLimits {
+    pub memory_bytes: usize,
+    pub step_timeout: Duration,
+    pub max_concurrent_calls: usize,
+    pub compile_timeout: Duration,
+    pub max_concurrent_compiles: usize,
+}
+
+impl Default for RuntimeLimits {
+    fn default() -> Self {
+        RuntimeLimits {
+            memory_bytes: 64 << 20,
+            step_timeout: Duration::from_secs(30),
+            max_concurrent_calls: 16,
+            compile_timeout: Duration::from_secs(60),
+            max_concurrent_compiles: 1,
+        }
+    }
+}
+
+/// The steps of a rotation, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    Create,
+    Set,
+    Test,
+    Finish,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Create => "create",
+            Step::Set => "set",
+            Step::Test => "test",
+            Step::Finish => "finish",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginErrorKind {
+    /// Not a component implementing the world.
+    Invalid,
+    /// The wall-clock limit of the step passed.
+    Timeout,
+    /// The plugin grew its memory past the limit.
+    OutOfMemory,
+    /// The plugin trapped (a panic, `unreachable`, a bad access...).
+    Trap,
+    /// The plugin returned `step-error.retryable`.
+    Retryable,
+    /// The plugin returned `step-error.fatal`.
+    Fatal,
+    /// The host failed.
+    Host,
+}
+
+/// Why a plugin call failed. The message may hold plugin text, so it is
+/// shown only to callers who may read the secret; `kind` is safe anywhere.
+#[derive(Debug, Clone)]
+pub struct PluginError {
+    pub kind: PluginErrorKind,
+    pub message: String,
+}
+
+impl PluginError {
+    fn new(kind: PluginErrorKind, message: impl Into<String>) -> Self {
+        PluginError { kind, message: message.into() }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            PluginErrorKind::Invalid => "plugin_invalid",
+            PluginErrorKind::Timeout => "plugin_timeout",
+            PluginErrorKind::OutOfMemory => "plugin_out_of_memory",
+            PluginErrorKind::Trap => "plugin_trap",
+            PluginErrorKind::Retryable => "plugin_retryable",
+            PluginErrorKind::Fatal => "plugin_fatal",
+            PluginErrorKind::Host => "host_error",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What a plugin says about itself.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub params_schema: Option<serde_json::Value>,
+    pub capabilities: Vec<String>,
+    pub dynamic: bool,
+}
+
+/// A compiled, pre-instantiated plugin.
+pub struct LoadedPlugin {
+    pub sha256: String,
+    pub info: PluginInfo,
+    /// Whether the native code came from the on-disk cache (not recompiled).
+    pub from_cache: bool,
+    pre: RotatorPre<PluginState>,
+}
+
+/// Everything a call may use besides the plugin itself.
+#[derive(Clone, Default)]
+pub struct CallContext {
+    pub plugin: String,
+    pub secret: Option<SecretName>,
+    pub grants: Arc<Grants>,
+    pub store: Option<SecretStore>,
+    /// Values the host fills in for `secret-ref.current` / `.pending`.
+    pub current_value: Option<Arc<Zeroizing<String>>>,
+    pub pending_value: Option<Arc<Zeroizing<String>>>,
+}
+
+/// What a step call produced.
+pub struct StepOutcome {
+    pub result: Result<Option<Zeroizing<String>>, PluginError>,
+    /// Captured stdout, stderr and `log` lines, capped and redacted.
+    pub log: String,
+    pub duration: Duration,
+}
+
+/// Per-store state: WASI (granting nothing), the resource table, limits,
+/// and what the capabilities need.
+pub struct PluginState {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    limiter: MemoryLimiter,
+    pub(crate) call: CallContext,
+    pub(crate) output: CapturedOutput,
+    pub(crate) redactions: Redactions,
+    pub(crate) budget: super::capabilities::Budget,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+struct MemoryLimiter {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    limits: RuntimeLimits,
+    calls: Arc<Semaphore>,
+    compiles: Arc<Semaphore>,
+    cache: ComponentCache,
+}
+
+/// How often the epoch advances; a busy plugin yields to tokio this often.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+impl Runtime {
+    pub fn new(limits: RuntimeLimits, cache: ComponentCache) -> anyhow::Result<Arc<Self>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true).wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(wasmtime_error)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasmtime_error)?;
+        Rotator::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(wasmtime_error)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new().name("tumbler-epoch".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Arc::new(Runtime {
+            calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
+            compiles: Arc::new(Semaphore::new(limits.max_concurrent_compiles)),
+            engine,
+            linker,
+            limits,
+            cache,
+        }))
+    }
+
+    pub fn limits(&self) -> &RuntimeLimits {
+        &self.limits
+    }
+
+    /// Checks the bytes are a component (not a core module or garbage),
+    /// then compiles them in the bounded pool, with a time limit.
+    pub async fn compile(&self, wasm: Arc<Vec<u8>>) -> Result<Component, PluginError> {
+        check_is_component(&wasm)?;
+        let _permit = self.compiles.acquire().await.map_err(|_| host("compile pool closed"))?;
+        let engine = self.engine.clone();
+        let job = tokio::task::spawn_blocking(move || Component::new(&engine, wasm.as_slice()));
+        match tokio::time::timeout(self.limits.compile_timeout, job).await {
+            Err(_) => Err(PluginError::new(
+                PluginErrorKind::Invalid,
+                format!("compiling the component took longer than {:?}", self.limits.compile_timeout),
+            )),
+            Ok(Err(e)) => Err(host(format!("compile task failed: {e}"))),
+            Ok(Ok(Err(e))) => Err(PluginError::new(PluginErrorKind::Invalid, format!("not a valid component: {e:#}"))),
+            Ok(Ok(Ok(c))) => Ok(c),
+        }
+    }
+
+    /// Loads a plugin: from the compiled cache when its MAC holds, else
+    /// compiled (and cached); then checked against the world and asked for
+    /// its `info`.
+    pub async fn load(&self, sha256: &str, wasm: Arc<Vec<u8>>) -> Result<LoadedPlugin, PluginError> {
+        let (component, from_cache) = match self.cache.load(&self.engine, sha256) {
+            Some(c) => (c, true),
+            None => {
+                let c = self.compile(wasm).await?;
+                if let Err(e) = self.cache.store(sha256, &c) {
+                    tracing::warn!(sha256, error = %e, "could not write the compiled plugin cache");
+                }
+                (c, false)
+            }
+        };
+        self.prepare(sha256, &component, from_cache).await
+    }
+
+    async fn prepare(&self, sha256: &str, component: &Component, from_cache: bool) -> Result<LoadedPlugin, PluginError> {
+        let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
+            PluginError::new(
+                PluginErrorKind::Invalid,
+                format!("the component imports something tumbler does not provide (only tumbler:rotator@0.1.0 and WASI): {e:#}"),
+            )
+        })?;
+        let pre = RotatorPre::new(instance_pre).map_err(|e| {
+            PluginError::new(
+                PluginErrorKind::Invalid,
+                format!("the component does not implement the tumbler:rotator@0.1.0 world `rotator`: {e:#}"),
+            )
+        })?;
+        let mut plugin = LoadedPlugin { sha256: sha256.to_owned(), info: empty_info(), from_cache, pre };
+        let outcome = self.call(&plugin, CallContext::default(), Redactions::default(), Call::Info).await;
+        plugin.info = match outcome.result {
+            Ok(Some(json)) => serde_json::from_str(&json).map_err(|e| host(format!("plugin info: {e}")))?,
+            Ok(None) => return Err(host("info returned nothing")),
+            Err(e) => {
+                return Err(PluginError::new(PluginErrorKind::Invalid, format!("calling `info` failed: {e}")));
+            }
+        };
+        Ok(plugin)
+    }
+
+    /// Runs one rotation step of `plugin` with the given input.
+    pub async fn run_step(&self, plugin: &LoadedPlugin, step: Step, input: wit::StepInput, ctx: CallContext) -> StepOutcome {
+        let mut redactions = Redactions::default();
+        for v in [&input.current, &input.pending, &input.previous, &input.fell_off].into_iter().flatten() {
+            redactions.add(&v.value);
+        }
+        for v in &input.older {
+            redactions.add(&v.value);
+        }
+        self.call(plugin, ctx, redactions, Call::Step(step, input)).await
+    }
+
+    async fn call(&self, plugin: &LoadedPlugin, ctx: CallContext, redactions: Redactions, call: Call) -> StepOutcome {
+        let started = Instant::now();
+        let who = if ctx.plugin.is_empty() { plugin.info.name.clone() } else { ctx.plugin.clone() };
+        let what = match &call {
+            Call::Info => "info",
+            Call::Step(step, _) => step.as_str(),
+        };
+        let output = CapturedOutput::default();
+        let Ok(_permit) = self.calls.acquire().await else {
+            return StepOutcome { result: Err(host("plugin call pool closed")), log: String::new(), duration: started.elapsed() };
+        };
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(output.clone()).stderr(output.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        let state = PluginState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: self.limits.memory_bytes, exceeded: false },
+            call: ctx,
+            output: output.clone(),
+            redactions,
+            budget: Default::default(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        let result = tokio::time::timeout(self.limits.step_timeout, invoke(&plugin.pre, &mut store, call)).await;
+        let state = store.data_mut();
+        let result = match result {
+            Err(_) => Err(PluginError::new(
+                PluginErrorKind::Timeout,
+                format!("the step did not finish within {:?}", self.limits.step_timeout),
+            )),
+            Ok(Err(_)) if state.limiter.exceeded => Err(PluginError::new(
+                PluginErrorKind::OutOfMemory,
+                format!("the plugin grew its memory past the limit of {} MiB", self.limits.memory_bytes >> 20),
+            )),
+            Ok(Err(e)) => Err(trap_error(&e)),
+            Ok(Ok(Err(step_error))) => Err(step_error),
+            Ok(Ok(Ok(value))) => {
+                if let Some(v) = &value {
+                    state.redactions.add(v);
+                }
+                Ok(value)
+            }
+        };
+        let log = state.output.finish(&state.redactions);
+        // Errors name the plugin and the step, so an operator knows where to look.
+        // Plugin-written text is redacted like the log: it may quote a value.
+        let result = result.map_err(|e| PluginError {
+            message: format!("plugin '{who}' step `{what}`: {}", state.redactions.apply(&e.message)),
+            ..e
+        });
+        StepOutcome { result, log, duration: started.elapsed() }
+    }
+}
+
+enum Call {
+    Info,
+    Step(Step, wit::StepInput),
+}
+
+/// Instantiates and calls. The outer error is a trap; the inner one is the
+/// plugin's own `step-error`.
+async fn invoke(
+    pre: &RotatorPre<PluginState>,
+    store: &mut Store<PluginState>,
+    call: Call,
+) -> wasmtime::Result<Result<Option<Zeroizing<String>>, PluginError>> {
+    let rotator = pre.instantiate_async(&mut *store).await?;
+    let step_result = match call {
+        Call::Info => {
+            let info = rotator.call_info(&mut *store).await?;
+            let params_schema = match info.params_schema {
+                Some(s) => Some(serde_json::from_str(&s).map_err(|e| wasmtime::format_err!("params-schema is not JSON: {e}"))?),
+                None => None,
+            };
+            let info = PluginInfo {
+                name: info.name,
+                version: info.version,
+                description: info.description,
+                params_schema,
+                capabilities: info.capabilities,
+                dynamic: info.dynamic,
+            };
+            return Ok(Ok(Some(Zeroizing::new(serde_json::to_string(&info)?))));
+        }
+        Call::Step(Step::Create, input) => rotator.call_create(&mut *store, &input).await?.map(|v| Some(Zeroizing::new(v))),
+        Call::Step(Step::Set, input) => rotator.call_set(&mut *store, &input).await?.map(|()| None),
+        Call::Step(Step::Test, input) => rotator.call_test(&mut *store, &input).await?.map(|()| None),
+        Call::Step(Step::Finish, input) => rotator.call_finish(&mut *store, &input).await?.map(|()| None),
+    };
+    Ok(step_result.map_err(|e| match e {
+        wit::StepError::Retryable(m) => PluginError::new(PluginErrorKind::Retryable, m),
+        wit::StepError::Fatal(m) => PluginError::new(PluginErrorKind::Fatal, m),
+    }))
+}
+
+fn trap_error(e: &wasmtime::Error) -> PluginError {
+    let trap = e.downcast_ref::<wasmtime::Trap>().copied();
+    let message = match trap {
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "the plugin trapped: unreachable code reached (a Rust panic ends this way)".to_owned()
+        }
+        Some(t) => format!("the plugin trapped: {t}"),
+        None => format!("the plugin failed: {e:#}"),
+    };
+    PluginError::new(PluginErrorKind::Trap, message)
+}
+
+/// wasmtime has its own error type; keep its whole chain in the message.
+pub fn wasmtime_error(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+fn host(message: impl Into<String>) -> PluginError {
+    PluginError::new(PluginErrorKind::Host, message)
+}
+
+fn empty_info() -> PluginInfo {
+    PluginInfo {
+        name: String::new(),
+        version: String::new(),
+        description: String::new(),
+        params_schema: None,
+        capabilities: Vec::new(),
+        dynamic: false,
+    }
+}
+
+/// Tells a core module and random bytes from a component, so an upload
+/// gets an error that says which.
+pub fn check_is_component(bytes: &[u8]) -> Result<(), PluginError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(());
+    }
+    let message = if wasmparser::Parser::is_core_wasm(bytes) {
+        "this is a core WebAssembly module, not a component; build the plugin for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)"
+    } else {
+        "this is not a WebAssembly binary (it does not start with the \\0asm magic)"
+    };
+    Err(PluginError::new(PluginErrorKind::Invalid, message))
+}
+
+impl super::bindings::tumbler::rotator::types::Host for PluginState {}

@@ -1,0 +1,205 @@
+//! Where a rotation's steps happen: one task per running rotation walks it
+//! through `create`, `set`, `test` and `finish`, calling the plugin between
+//! transitions that `state.rs` commits. Each step holds a slot of the
+//! global concurrency limit while it runs; a rotation waiting to retry
+//! holds none.
+
+use super::Engine;
+use super::state::{self, Ended, Failure, Next, Outcome, Prepared, Status};
+use crate::alerts::Alert;
+use crate::error::Result;
+use crate::metrics::metrics;
+use crate::model::{SecretName, SecretValue, now_millis};
+use crate::plugins::bindings::tumbler::rotator::types::StepInput;
+use crate::plugins::capabilities::GrantsSpec;
+use crate::plugins::{CallContext, PluginError, PluginErrorKind, Step};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use zeroize::Zeroizing;
+
+/// Drives rotation `id` from where its row says it stands until it ends,
+/// waits to retry, or turns out to belong to someone else.
+pub async fn drive(engine: Arc<Engine>, id: String, slot: Option<OwnedSemaphorePermit>) {
+    if let Err(e) = drive_inner(&engine, &id, slot).await {
+        // A storage error leaves the row as it was: the step runs again at
+        // the next start (or when the scheduler resumes it).
+        tracing::error!(rotation_id = %id, error = %e, "rotation stopped by a storage error; it resumes at the next start");
+    }
+    engine.finished_driving(&id);
+}
+
+async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemaphorePermit>) -> Result<()> {
+    let rid = id.to_owned();
+    let Some(row) = engine.store.read(move |c, _| state::load(c, &rid)).await? else { return Ok(()) };
+    if row.status != Status::Running {
+        return Ok(());
+    }
+    let mut cursor = row.cursor();
+    let mut wait_until = row.retry_at;
+    loop {
+        if let Some(at) = wait_until.take() {
+            let wait = at - now_millis();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+        }
+        let _slot = match slot.take() {
+            Some(s) => s,
+            None => engine
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| crate::error::Error::internal("rotation slots closed"))?,
+        };
+        let (audit, rid) = (engine.audit.clone(), id.to_owned());
+        let mut next = engine.store.write(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?;
+        // Steps run back to back while they succeed; the slot is held.
+        loop {
+            match next {
+                Next::Run(prepared) => {
+                    cursor = prepared.cursor;
+                    let (outcome, log) = run_step(engine, &prepared).await;
+                    let (audit, rid, backoff) = (engine.audit.clone(), id.to_owned(), engine.settings.backoff);
+                    next = engine
+                        .store
+                        .write(move |tx, keys| state::advance(tx, keys, &audit, &rid, cursor, outcome, &log, backoff))
+                        .await?;
+                }
+                Next::RetryAt(at) => {
+                    wait_until = Some(at);
+                    break;
+                }
+                Next::Ended(ended) => {
+                    report(engine, &ended);
+                    return Ok(());
+                }
+                Next::Stale => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Runs one step of the pinned plugin; never fails (a failure is an outcome).
+async fn run_step(engine: &Engine, p: &Prepared) -> (Outcome, String) {
+    let row = &p.row;
+    let step = p.cursor.step;
+    let plugin = match engine.registry.get_pinned(&row.plugin, &row.plugin_sha256).await {
+        Ok((_, loaded)) => loaded,
+        Err(e) => {
+            let f = Failure::host(
+                "plugin_missing",
+                format!(
+                    "plugin '{}' version {} (sha256 {}) pinned by this rotation is no longer registered ({}); \
+                     upload it again or set the rotation config with another plugin",
+                    row.plugin,
+                    row.plugin_version,
+                    row.plugin_sha256,
+                    e.message()
+                ),
+            );
+            return (Outcome::Failed(f), String::new());
+        }
+    };
+    let grants = match serde_json::from_str::<GrantsSpec>(&row.grants).map_err(|e| e.to_string()).and_then(|g| g.parse().map_err(|e| e.message().to_owned())) {
+        Ok(g) => g,
+        Err(e) => return (Outcome::Failed(Failure::host("invalid_config", format!("the stored grants no longer parse: {e}"))), String::new()),
+    };
+    let secret = SecretName::parse(&row.secret_name).ok();
+    let ctx = CallContext {
+        plugin: row.plugin.clone(),
+        secret,
+        grants: Arc::new(grants),
+        store: Some(engine.store.clone()),
+        current_value: state::shared_value(&p.current),
+        pending_value: state::shared_value(&p.pending),
+    };
+    let input = StepInput {
+        secret_name: row.secret_name.clone(),
+        params: row.params.clone(),
+        current: state::wit_version(&p.current),
+        // In `finish` the version rotated in is current already; it is
+        // still the one this rotation made, so the plugin sees it as such.
+        pending: state::wit_version(&p.pending),
+        previous: state::wit_version(&p.previous),
+        fell_off: state::wit_version(&p.fell_off),
+        emergency: false,
+        older: Vec::new(),
+    };
+    let outcome = engine.runtime.run_step(&plugin, step, input, ctx).await;
+    let m = metrics();
+    m.rotation_step_duration.observe(&[&row.plugin, step.as_str()], outcome.duration.as_secs_f64());
+    let result = match outcome.result {
+        Ok(value) => match (step, value) {
+            (Step::Create, Some(v)) => created(v),
+            (Step::Create, None) => Outcome::Failed(Failure::host("invalid_value", "create returned no value")),
+            _ => Outcome::Done,
+        },
+        Err(e) => {
+            match e.kind {
+                PluginErrorKind::Trap => m.plugin_traps.inc(&[&row.plugin]),
+                PluginErrorKind::Timeout => m.plugin_timeouts.inc(&[&row.plugin]),
+                _ => {}
+            }
+            Outcome::Failed(plugin_failure(&e))
+        }
+    };
+    (result, outcome.log)
+}
+
+fn created(v: Zeroizing<String>) -> Outcome {
+    // The message names the rule broken, never the value.
+    match SecretValue::parse(v) {
+        Ok(value) => Outcome::Created(value),
+        Err(e) => Outcome::Failed(Failure::host("invalid_value", format!("create returned a value tumbler cannot store: {}", e.message()))),
+    }
+}
+
+/// Which plugin failures are worth another attempt: the plugin said so, the
+/// step ran out of time (a slow target), or the host failed. A trap, a
+/// fatal error, an invalid component or a memory blow-up will do the same
+/// again.
+fn plugin_failure(e: &PluginError) -> Failure {
+    let retryable = matches!(e.kind, PluginErrorKind::Retryable | PluginErrorKind::Timeout | PluginErrorKind::Host);
+    Failure { code: e.code().to_owned(), message: e.message.clone(), retryable }
+}
+
+/// After a rotation ended: metrics, and an alert when it failed (the
+/// secret, the rotation, the step and an error code; never plugin text).
+fn report(engine: &Engine, ended: &Ended) {
+    let outcome = if ended.status == Status::Succeeded { "succeeded" } else { "failed" };
+    metrics().rotations.inc(&[&ended.plugin, outcome]);
+    if ended.status == Status::Failed {
+        let code = ended.error_code.as_deref().unwrap_or("failed");
+        tracing::warn!(rotation_id = %ended.rotation_id, secret = %ended.secret, step = ended.step.as_str(), code, "rotation failed");
+        engine.alerts.raise(Alert::rotation_failed(&ended.secret, &ended.rotation_id, ended.step.as_str(), code));
+    } else {
+        tracing::info!(rotation_id = %ended.rotation_id, secret = %ended.secret, "rotation succeeded");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        let f = |kind| plugin_failure(&PluginError { kind, message: "m".into() });
+        assert!(f(PluginErrorKind::Retryable).retryable);
+        assert!(f(PluginErrorKind::Timeout).retryable);
+        assert!(!f(PluginErrorKind::Fatal).retryable);
+        assert!(!f(PluginErrorKind::Trap).retryable);
+        assert_eq!(f(PluginErrorKind::Fatal).code, "plugin_fatal");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        let b = state::Backoff { base_ms: 1000, max_ms: 10_000 };
+        for attempt in 1..=10 {
+            let d = b.delay_ms(attempt);
+            let full = (1000i64 << (attempt - 1)).min(10_000);
+            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The rotation engine: per-secret rotation configs, the persisted
+//! four-step state machine, and the scheduler that starts rotations when
+//! they come due.
+//!
+//! - `schedule.rs`: cron and `rate(...)` schedules, the start window.
+//! - `params.rs`: plugin parameters checked against the plugin's schema.
+//! - `config.rs`: a rotation config parsed at the edge, stored, and due.
+//! - `state.rs`: the persisted state machine (one transaction per transition).
+//! - `machine.rs`: the task that runs a rotation's steps.
+//! - `scheduler.rs`: one timer to the earliest due config.
+
+pub mod config;
+pub mod machine;
+pub mod params;
+pub mod schedule;
+pub mod scheduler;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+use crate::alerts::Alerts;
+use crate::audit::AuditLog;
+use crate::plugins::Runtime;
+use crate::plugins::registry::Registry;
+use crate::store::Store;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// How the engine runs; `serve` flags set these.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Rotations whose steps may run at once, across all secrets.
+    pub concurrency: usize,
+    /// Attempts per step when a config does not say.
+    pub max_attempts: u32,
+    pub backoff: state::Backoff,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            concurrency: 4,
+            max_attempts: 5,
+            backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 },
+        }
+    }
+}
+
+impl Settings {
+    pub fn with_retry(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff = state::Backoff { base_ms: base.as_millis() as i64, max_ms: max.as_millis().max(1) as i64 };
+        self
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    audit: AuditLog,
+    registry: Arc<Registry>,
+    runtime: Arc<Runtime>,
+    alerts: Alerts,
+    settings: Settings,
+    /// The global concurrency limit: a permit per running step.
+    slots: Arc<Semaphore>,
+    /// Wakes the scheduler: a config changed or a rotation ended.
+    wake: Notify,
+    /// Rotations this process is driving, so none is driven twice.
+    driving: Mutex<HashSet<String>>,
+}
+
+impl Engine {
+    /// Builds the engine, resumes every rotation left running (after a
+    /// crash, from its recorded step) and starts the scheduler.
+    pub async fn start(
+        store: Store,
+        audit: AuditLog,
+        registry: Arc<Registry>,
+        alerts: Alerts,
+        settings: Settings,
+    ) -> crate::error::Result<Arc<Engine>> {
+        let engine = Arc::new(Engine {
+            runtime: registry.runtime(),
+            slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            store,
+            audit,
+            registry,
+            alerts,
+            settings,
+            wake: Notify::new(),
+            driving: Mutex::new(HashSet::new()),
+        });
+        let unfinished = engine.store.read(|c, _| state::running(c)).await?;
+        if !unfinished.is_empty() {
+            tracing::info!(count = unfinished.len(), "resuming rotations left running");
+        }
+        for id in unfinished {
+            engine.drive(id);
+        }
+        tokio::spawn(scheduler::run(engine.clone()));
+        Ok(engine)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs rotation `id` in the background unless it already runs here.
+    pub fn drive(self: &Arc<Self>, id: String) {
+        self.drive_with(id, None);
+    }
+
+    /// [`Engine::drive`] with a slot already taken (by the scheduler).
+    fn drive_with(self: &Arc<Self>, id: String, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
+        let fresh = self.driving.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+        if fresh {
+            tokio::spawn(machine::drive(self.clone(), id, slot));
+        }
+    }
+
+    fn finished_driving(&self, id: &str) {
+        self.driving.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.wake.notify_one();
+    }
+
+    /// Tells the scheduler to look again (a config was set or removed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// How many rotations this process is driving.
+    pub fn active(&self) -> usize {
+        self.driving.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}

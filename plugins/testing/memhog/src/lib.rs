@@ -1,0 +1,49 @@
+//! Fixture: `set` allocates 1 MiB chunks, writing every byte, until the
+//! host's memory limit makes the allocation (and so the step) fail.
+
+use std::hint::black_box;
+
+use tumbler_sdk::password::{PasswordOptions, generate_password};
+use tumbler_sdk::{Info, Rotator, StepError, StepInput, log};
+
+const CHUNK: usize = 1 << 20;
+/// Log a line every this many chunks, so the record shows how far it got.
+const LOG_EVERY: usize = 16;
+
+struct Memhog;
+
+impl Rotator for Memhog {
+    fn info() -> Info {
+        Info::new(
+            "test-memhog",
+            env!("CARGO_PKG_VERSION"),
+            "Test fixture: set eats memory",
+        )
+    }
+
+    fn create(_: &StepInput) -> Result<String, StepError> {
+        Ok(generate_password(&PasswordOptions::alphanumeric(32))?)
+    }
+
+    fn set(_: &StepInput) -> Result<(), StepError> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            // Filled rather than zeroed, so no allocator shortcut for fresh
+            // (already zero) memory can skip the work.
+            hoard.push(black_box(vec![0xA5; CHUNK]));
+            if hoard.len().is_multiple_of(LOG_EVERY) {
+                log::info(format_args!("holding {} MiB", hoard.len()));
+            }
+        }
+    }
+
+    fn test(_: &StepInput) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    fn finish(_: &StepInput) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+tumbler_sdk::export!(Memhog);
