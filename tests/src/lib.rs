@@ -57,17 +57,24 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Path of the `tumbler` binary, built (debug profile) once per test process.
+/// Path of the `tumbler` binary, built once per test process: the debug
+/// profile, or the release one when `TUMBLER_TEST_RELEASE` is set (the
+/// benchmarks set it).
 pub fn tumbler_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_tumbler)
+    BIN.get_or_init(|| build_tumbler(std::env::var_os("TUMBLER_TEST_RELEASE").is_some()))
 }
 
-fn build_tumbler() -> PathBuf {
+fn build_tumbler(release: bool) -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = target_dir();
+    let profile = if release { "release" } else { "debug" };
+    let mut args = vec!["build", "-p", "tumbler", "--bin", "tumbler"];
+    if release {
+        args.push("--release");
+    }
     let output = Command::new(&cargo)
-        .args(["build", "-p", "tumbler", "--bin", "tumbler"])
+        .args(&args)
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", &target)
         .stdin(Stdio::null())
@@ -75,12 +82,13 @@ fn build_tumbler() -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build tumbler: {e}"));
     if !output.status.success() {
         panic!(
-            "`cargo build -p tumbler --bin tumbler` failed ({}):\n{}",
+            "`cargo {}` failed ({}):\n{}",
+            args.join(" "),
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let bin = target.join("debug").join("tumbler");
+    let bin = target.join(profile).join("tumbler");
     assert!(bin.is_file(), "cargo build succeeded but {} does not exist", bin.display());
     bin
 }

@@ -206,9 +206,71 @@ pub struct Postgres {
     pub superuser: String,
     pub password: String,
     bin: PathBuf,
+    server: PgServer,
     // Field order: the server stops before its directory is removed.
     daemon: Daemon,
     dir: tempfile::TempDir,
+}
+
+/// How to (re)start a cluster's server process.
+struct PgServer {
+    bin: PathBuf,
+    data: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    settings: Vec<String>,
+    /// Certificate and key files, when TLS is on.
+    tls: Option<(PathBuf, PathBuf)>,
+    /// Who runs it (the `postgres` user when the tests run as root).
+    owner: Option<(u32, u32)>,
+}
+
+impl PgServer {
+    fn spawn(&self) -> Daemon {
+        let mut server = Command::new(self.bin.join("postgres"));
+        server.arg("-D").arg(&self.data).args([
+            "-p",
+            &self.port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+        ]);
+        server
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.dir.display()));
+        for setting in &self.settings {
+            server.args(["-c", setting]);
+        }
+        if let Some((cert, key)) = &self.tls {
+            server.args(["-c", "ssl=on"]);
+            server
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()));
+            server
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
+        server.current_dir(&self.dir);
+        if let Some((uid, gid)) = self.owner {
+            server.uid(uid).gid(gid);
+        }
+        // SIGINT: PostgreSQL's fast shutdown. Each run starts the log afresh.
+        let mut daemon = Daemon::spawn(
+            "postgres",
+            server,
+            self.dir.join("server.log"),
+            libc::SIGINT,
+        );
+        let isready = self.bin.join("pg_isready");
+        let port = self.port;
+        daemon.wait_ready(|| {
+            let mut cmd = Command::new(&isready);
+            cmd.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()]);
+            run(cmd, None).success()
+        });
+        daemon
+    }
 }
 
 impl Postgres {
@@ -264,21 +326,15 @@ impl Postgres {
         expect_success("initdb", run(initdb, None));
 
         let port = free_port();
-        let mut server = Command::new(bin.join("postgres"));
-        server.arg("-D").arg(&data).args([
-            "-p",
-            &port.to_string(),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "fsync=off",
-        ]);
-        server
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()));
-        for setting in settings {
-            server.args(["-c", setting]);
-        }
+        let mut server = PgServer {
+            bin: bin.clone(),
+            data,
+            dir: dir.path().to_path_buf(),
+            port,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
+            tls: None,
+            owner,
+        };
         if tls {
             let (cert, key) = self_signed_certificate(dir.path());
             for file in [&cert, &key] {
@@ -286,36 +342,30 @@ impl Postgres {
                     chown(file, ids);
                 }
             }
-            server.args(["-c", "ssl=on"]);
-            server
-                .arg("-c")
-                .arg(format!("ssl_cert_file={}", cert.display()));
-            server
-                .arg("-c")
-                .arg(format!("ssl_key_file={}", key.display()));
+            server.tls = Some((cert, key));
         }
-        as_owner(&mut server);
-        // SIGINT: PostgreSQL's fast shutdown.
-        let mut daemon = Daemon::spawn(
-            "postgres",
-            server,
-            dir.path().join("server.log"),
-            libc::SIGINT,
-        );
-        let isready = bin.join("pg_isready");
-        daemon.wait_ready(|| {
-            let mut cmd = Command::new(&isready);
-            cmd.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()]);
-            run(cmd, None).success()
-        });
+        let daemon = server.spawn();
         Postgres {
             port,
             superuser,
             password,
             bin,
+            server,
             daemon,
             dir,
         }
+    }
+
+    /// Stops the server (fast shutdown), keeping its data, as a target
+    /// that goes down would; [`Postgres::restart`] brings it back.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+
+    /// Starts the server again on the same port and data.
+    pub fn restart(&mut self) {
+        self.daemon.stop();
+        self.daemon = self.server.spawn();
     }
 
     /// `127.0.0.1:PORT`.

@@ -3,6 +3,7 @@
 //! `sys/plugins/NAME`; reading needs `read` (listing: `list`) there.
 
 use super::{AppState, Query, read_body};
+use crate::audit::RequestAudit;
 use crate::auth::Caller;
 use crate::error::Result;
 use crate::model::Capability;
@@ -24,10 +25,12 @@ fn resource(name: &str) -> String {
               (status = 413, body = crate::error::ErrorBody)))]
 pub async fn upload(
     State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     Path(name): Path<String>,
     req: Request,
 ) -> Result<(StatusCode, Json<PluginVersion>)> {
+    audit.target("plugin.upload", &resource(&name));
     registry::validate_name(&name)?;
     caller.require(Capability::Admin, &resource(&name))?;
     let expected = req
@@ -36,7 +39,7 @@ pub async fn upload(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned());
     let wasm = read_body(req, MAX_PLUGIN_BYTES).await?;
-    let (version, created) = st.plugins.upload(&name, wasm.to_vec(), expected.as_deref()).await?;
+    let (version, created) = st.plugins.upload(&name, wasm.to_vec(), expected.as_deref(), &audit).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(version)))
 }
 
@@ -46,7 +49,8 @@ pub struct PluginList {
 }
 
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins", responses((status = 200, body = PluginList)))]
-pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<PluginList>> {
+pub async fn list(State(st): State<AppState>, audit: RequestAudit, caller: Caller) -> Result<Json<PluginList>> {
+    audit.target("plugin.list", "sys/plugins");
     let plugins = st
         .plugins
         .list()
@@ -61,9 +65,11 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<Plu
     responses((status = 200, body = PluginDescription), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn describe(
     State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<PluginDescription>> {
+    audit.target("plugin.describe", &resource(&name));
     caller.require(Capability::Read, &resource(&name))?;
     st.plugins.describe(&name).await.map(Json)
 }
@@ -85,11 +91,13 @@ pub struct PluginDeleted {
     responses((status = 200, body = PluginDeleted), (status = 409, body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(st): State<AppState>,
+    audit: RequestAudit,
     caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<DeleteParams>,
 ) -> Result<Json<PluginDeleted>> {
+    audit.target("plugin.delete", &resource(&name));
     caller.require(Capability::Admin, &resource(&name))?;
-    let versions_removed = st.plugins.delete(&name, q.version).await?;
+    let versions_removed = st.plugins.delete(&name, q.version, &audit).await?;
     Ok(Json(PluginDeleted { name, versions_removed }))
 }

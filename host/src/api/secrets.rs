@@ -311,12 +311,37 @@ pub async fn list(
 
 // --- one secret -----------------------------------------------------------
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Described {
+    #[serde(flatten)]
+    secret: SecretDescription,
+    /// The rotation config and status (as `GET :rotation`), for a token
+    /// that may also `rotate` the secret and when it has a config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<crate::rotation::config::ConfigView>,
+}
+
 #[utoipa::path(get, path = "/v1/secrets/{name}", tag = "secrets",
     params(("name" = String, Path, description = "secret name; may contain '/'")),
-    responses((status = 200, body = SecretDescription), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn describe(st: AppState, caller: Caller, name: SecretName) -> Result<Json<SecretDescription>> {
+    responses((status = 200, body = Described), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn describe(st: AppState, caller: Caller, name: SecretName) -> Result<Json<Described>> {
     caller.require(Capability::Read, name.as_str())?;
-    st.store.read(move |conn, _| secrets::describe(conn, &name)).await.map(Json)
+    let with_rotation = caller.allows(Capability::Rotate, name.as_str());
+    st.store
+        .read(move |conn, _| {
+            let secret = secrets::describe(conn, &name)?;
+            let rotation = match with_rotation && secret.summary.deleted_at.is_none() {
+                true => match crate::rotation::config::view(conn, &name) {
+                    Ok(view) => Some(view),
+                    Err(e) if e.kind == crate::error::Kind::NotFound => None,
+                    Err(e) => return Err(e),
+                },
+                false => None,
+            };
+            Ok(Described { secret, rotation })
+        })
+        .await
+        .map(Json)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -4,7 +4,10 @@
 //! reserved names.
 
 use super::runtime::{LoadedPlugin, PluginErrorKind, PluginInfo, Runtime};
+use crate::audit::RequestAudit;
 use crate::error::{Error, Result};
+use crate::store::Keys;
+use axum::http::StatusCode;
 use crate::model::{now_millis, rfc3339};
 use crate::store::Store;
 use rusqlite::{OptionalExtension, params};
@@ -19,6 +22,13 @@ pub const MAX_PLUGIN_BYTES: usize = 32 << 20;
 
 /// A plugin built into the binary: its reserved name and component bytes.
 pub type Builtin = (&'static str, &'static [u8]);
+
+/// How a registry change commits: in one transaction with the API
+/// request's audit record (fail closed), or alone for built-ins at start.
+pub enum Commit<'a> {
+    Request(&'a RequestAudit),
+    Startup,
+}
 
 #[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct PluginVersion {
@@ -102,7 +112,7 @@ impl Registry {
         tracing::info!(cached, compiled, elapsed_ms = started.elapsed().as_millis() as u64, "stored plugins loaded");
         // After the stored ones, so an unchanged built-in is found already loaded.
         for (name, wasm) in builtins {
-            registry.register(name, wasm.to_vec(), None, true).await.map_err(|e| {
+            registry.register(name, wasm.to_vec(), None, true, Commit::Startup).await.map_err(|e| {
                 anyhow::anyhow!("built-in plugin {name} could not be registered: {}", e.message())
             })?;
         }
@@ -144,14 +154,31 @@ impl Registry {
     }
 
     /// An upload through the API: built-in names are reserved.
-    pub async fn upload(&self, name: &str, wasm: Vec<u8>, expected_sha256: Option<&str>) -> Result<(PluginVersion, bool)> {
+    pub async fn upload(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        expected_sha256: Option<&str>,
+        audit: &RequestAudit,
+    ) -> Result<(PluginVersion, bool)> {
         validate_name(name)?;
         if self.is_builtin(name) {
             return Err(Error::conflict(format!(
                 "'{name}' is the name of a built-in rotator; upload under another name"
             )));
         }
-        self.register(name, wasm, expected_sha256, false).await
+        self.register(name, wasm, expected_sha256, false, Commit::Request(audit)).await
+    }
+
+    async fn commit<T, F>(&self, how: Commit<'_>, status: StatusCode, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
+    {
+        match how {
+            Commit::Request(audit) => audit.write_with_status(move |_| status, f).await,
+            Commit::Startup => self.store.write(f).await,
+        }
     }
 
     /// Stores a new version unless this name already has these bytes.
@@ -162,6 +189,7 @@ impl Registry {
         wasm: Vec<u8>,
         expected_sha256: Option<&str>,
         builtin: bool,
+        how: Commit<'_>,
     ) -> Result<(PluginVersion, bool)> {
         let sha = sha256_hex(&wasm);
         if let Some(expected) = expected_sha256 {
@@ -190,8 +218,7 @@ impl Registry {
         let (n, s) = (name.to_owned(), sha.clone());
         let now = now_millis();
         let version = self
-            .store
-            .write(move |tx, _| {
+            .commit(how, StatusCode::CREATED, move |tx, _| {
                 let version: i64 = tx.query_row(
                     "SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = ?1",
                     [&n],
@@ -272,14 +299,13 @@ impl Registry {
     }
 
     /// Removes one version, or all. Built-ins cannot be removed.
-    pub async fn delete(&self, name: &str, version: Option<i64>) -> Result<usize> {
+    pub async fn delete(&self, name: &str, version: Option<i64>, audit: &RequestAudit) -> Result<usize> {
         if self.is_builtin(name) {
             return Err(Error::conflict(format!("'{name}' is a built-in rotator and cannot be removed")));
         }
         let n = name.to_owned();
         let removed = self
-            .store
-            .write(move |tx, _| {
+            .commit(Commit::Request(audit), StatusCode::OK, move |tx, _| {
                 // A config pins the code that runs under its grants: that code
                 // stays until no config names it.
                 let users = crate::store::rotations::plugin_users(tx, &n, version, 5)?;

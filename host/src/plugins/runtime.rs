@@ -141,6 +141,8 @@ pub struct CallContext {
     /// Values the host fills in for `secret-ref.current` / `.pending`.
     pub current_value: Option<Arc<Zeroizing<String>>>,
     pub pending_value: Option<Arc<Zeroizing<String>>>,
+    /// Where capability calls are recorded (absent in offline tools and tests).
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// What a step call produced.

@@ -22,9 +22,9 @@ use zeroize::Zeroizing;
 /// waits to retry, or turns out to belong to someone else.
 pub async fn drive(engine: Arc<Engine>, id: String, slot: Option<OwnedSemaphorePermit>) {
     if let Err(e) = drive_inner(&engine, &id, slot).await {
-        // A storage error leaves the row as it was: the step runs again at
-        // the next start (or when the scheduler resumes it).
-        tracing::error!(rotation_id = %id, error = %e, "rotation stopped by a storage error; it resumes at the next start");
+        // A storage error leaves the row as it was: the scheduler's next
+        // tick drives it again from its recorded step.
+        tracing::error!(rotation_id = %id, error = %e, "rotation paused by a storage error; the scheduler resumes it");
     }
     engine.finished_driving(&id);
 }
@@ -54,7 +54,7 @@ async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemap
                 .map_err(|_| crate::error::Error::internal("rotation slots closed"))?,
         };
         let (audit, rid) = (engine.audit.clone(), id.to_owned());
-        let mut next = engine.store.write(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?;
+        let mut next = engine.committer.commit(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?;
         // Steps run back to back while they succeed; the slot is held.
         loop {
             match next {
@@ -63,8 +63,8 @@ async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemap
                     let (outcome, log) = run_step(engine, &prepared).await;
                     let (audit, rid, backoff) = (engine.audit.clone(), id.to_owned(), engine.settings.backoff);
                     next = engine
-                        .store
-                        .write(move |tx, keys| state::advance(tx, keys, &audit, &rid, cursor, outcome, &log, backoff))
+                        .committer
+                        .commit(move |tx, keys| state::advance(tx, keys, &audit, &rid, cursor, outcome, &log, backoff))
                         .await?;
                 }
                 Next::RetryAt(at) => {
@@ -114,6 +114,7 @@ async fn run_step(engine: &Engine, p: &Prepared) -> (Outcome, String) {
         store: Some(engine.store.clone()),
         current_value: state::shared_value(&p.current),
         pending_value: state::shared_value(&p.pending),
+        audit: Some(engine.audit.clone()),
     };
     let input = StepInput {
         secret_name: row.secret_name.clone(),

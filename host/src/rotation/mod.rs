@@ -9,6 +9,7 @@
 //! - `machine.rs`: the task that runs a rotation's steps.
 //! - `scheduler.rs`: one timer to the earliest due config.
 
+mod commit;
 pub mod config;
 pub mod machine;
 pub mod params;
@@ -67,6 +68,8 @@ pub struct Engine {
     slots: Arc<Semaphore>,
     /// Wakes the scheduler: a config changed or a rotation ended.
     wake: Notify,
+    /// Group commit of the state machine's transitions.
+    committer: commit::Committer,
     /// Rotations this process is driving, so none is driven twice.
     driving: Mutex<HashSet<String>>,
 }
@@ -84,6 +87,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             runtime: registry.runtime(),
             slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            committer: commit::Committer::start(store.clone()),
             store,
             audit,
             registry,

@@ -66,6 +66,11 @@ async fn tick(engine: &Arc<Engine>) -> crate::error::Result<Duration> {
         }
         drop(permits);
     }
+    // A rotation whose task stopped on a storage error is picked up again.
+    let running = engine.store.read(|c, _| super::state::running(c)).await?;
+    for id in running {
+        engine.drive(id);
+    }
     let (earliest, due) = engine
         .store
         .read(move |c, _| Ok((config::earliest_due(c)?, config::due_count(c, now_millis())?)))

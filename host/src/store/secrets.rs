@@ -203,8 +203,9 @@ pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selec
     let found = match sel {
         Selector::Label(label) => conn
             .query_row(
-                "SELECT v.id, v.nonce, v.ciphertext, v.created_at FROM labels l
-                 JOIN versions v ON v.id = l.version_id
+                "SELECT v.id, v.nonce, v.ciphertext, v.created_at,
+                        (SELECT group_concat(label, ',') FROM labels WHERE version_id = v.id)
+                 FROM labels l JOIN versions v ON v.id = l.version_id
                  WHERE l.secret_id = ?1 AND l.label = ?2",
                 params![row.id, label.as_str()],
                 version_cols,
@@ -212,13 +213,15 @@ pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selec
             .optional()?,
         Selector::Version(id) => conn
             .query_row(
-                "SELECT id, nonce, ciphertext, created_at FROM versions WHERE secret_id = ?1 AND id = ?2",
+                "SELECT id, nonce, ciphertext, created_at,
+                        (SELECT group_concat(label, ',') FROM labels WHERE version_id = versions.id)
+                 FROM versions WHERE secret_id = ?1 AND id = ?2",
                 params![row.id, id],
                 version_cols,
             )
             .optional()?,
     };
-    let (version_id, nonce, ciphertext, created_at) = found.ok_or_else(|| match sel {
+    let (version_id, nonce, ciphertext, created_at, labels) = found.ok_or_else(|| match sel {
         Selector::Label(l) => Error::not_found(format!(
             "secret '{name}' has no version labeled '{}'; list labels with GET /v1/secrets/{name}:versions",
             l.as_str()
@@ -231,9 +234,13 @@ pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selec
     let plain = dek.decrypt(row.id, &version_id, &nonce, &ciphertext).map_err(|e| {
         Error::internal(format!("version {version_id} of secret '{name}' failed to decrypt: {e}"))
     })?;
+    // The labels come from the statement that found the version: a reader
+    // sees them as they were at that instant, not after a later label move.
+    let mut labels: Vec<String> = labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
+    labels.sort();
     Ok(ValueRead {
         name: name.to_string(),
-        labels: labels_of(conn, &version_id)?,
+        labels,
         version_id,
         value: SecretValue::from_plaintext(plain)?,
         created_at: rfc3339(created_at),
@@ -378,10 +385,10 @@ fn summary_cols(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretSummary> {
     })
 }
 
-type VersionCols = (String, Vec<u8>, Vec<u8>, i64);
+type VersionCols = (String, Vec<u8>, Vec<u8>, i64, Option<String>);
 
 fn version_cols(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionCols> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
 fn tags_json(tags: &Tags) -> String {
@@ -597,12 +604,6 @@ pub(crate) fn labeled(conn: &Connection, secret_id: i64, label: &str) -> Result<
         .prepare_cached("SELECT version_id FROM labels WHERE secret_id = ?1 AND label = ?2")?
         .query_row(params![secret_id, label], |r| r.get(0))
         .optional()?)
-}
-
-fn labels_of(conn: &Connection, version_id: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare_cached("SELECT label FROM labels WHERE version_id = ?1 ORDER BY label")?;
-    let labels = stmt.query_map([version_id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-    Ok(labels)
 }
 
 fn version_list(conn: &Connection, secret_id: i64) -> Result<Vec<VersionInfo>> {

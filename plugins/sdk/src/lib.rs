@@ -21,7 +21,9 @@
 //! ```
 //!
 //! Helpers: [`password`] (AWS GetRandomPassword's options),
-//! [`database_secret`] (AWS's database-secret JSON), and typed wrappers over
+//! [`database_secret`] (AWS's database-secret JSON), [`database_rotation`]
+//! (AWS's single-user and alternating-users strategies for any SQL engine),
+//! and typed wrappers over
 //! what the host lets a plugin reach: [`log`], [`secrets`], [`sql`], [`ssh`],
 //! [`http`]. Every host call is checked against the operator's grants; a
 //! refused one comes back as a [`HostError`] that `?` turns into a
@@ -31,6 +33,7 @@
 //! host import there panics, since only the tumbler host provides them.
 
 mod bindings_glue;
+pub mod database_rotation;
 pub mod database_secret;
 pub mod dynamic;
 mod errors;

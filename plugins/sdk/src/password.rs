@@ -7,12 +7,12 @@
 
 use core::fmt;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::StepError;
 
 /// AWS GetRandomPassword's options, with its defaults.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PasswordOptions {
     /// Number of characters, 1 to 4096 (default 32).
@@ -56,6 +56,27 @@ impl PasswordOptions {
             exclude_punctuation: true,
             ..Self::default()
         }
+    }
+
+    /// The JSON Schema of these options, for a rotator's
+    /// `Info::params_schema` (unknown names are refused, as in serde).
+    pub fn json_schema() -> serde_json::Value {
+        let flag = |description: &str| serde_json::json!({"type": "boolean", "description": description});
+        serde_json::json!({
+            "type": "object",
+            "additionalProperties": false,
+            "description": "AWS GetRandomPassword's options",
+            "properties": {
+                "length": {"type": "integer", "minimum": 1, "maximum": MAX_LENGTH, "description": "characters (default 32)"},
+                "exclude_characters": {"type": "string", "description": "characters never used"},
+                "exclude_numbers": flag("no digits"),
+                "exclude_punctuation": flag("no punctuation"),
+                "exclude_uppercase": flag("no uppercase letters"),
+                "exclude_lowercase": flag("no lowercase letters"),
+                "include_space": flag("may hold spaces (default false)"),
+                "require_each_included_type": flag("at least one of each included type (default true)"),
+            }
+        })
     }
 }
 
@@ -357,6 +378,15 @@ mod tests {
         assert!(
             serde_json::from_str::<PasswordOptions>(r#"{"exclude_punctation": true}"#).is_err()
         );
+    }
+
+    #[test]
+    fn the_schema_names_every_option() {
+        let schema = PasswordOptions::json_schema();
+        let in_schema: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        let options = serde_json::to_value(PasswordOptions::default()).unwrap();
+        let in_options: Vec<&String> = options.as_object().unwrap().keys().collect();
+        assert_eq!(in_schema, in_options);
     }
 
     #[test]

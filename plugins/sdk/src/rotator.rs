@@ -17,7 +17,7 @@ pub(crate) const NOT_DYNAMIC: &str = "this rotator does not issue dynamic creden
 ///
 /// | step | what the host gives | what a retry must do |
 /// |---|---|---|
-/// | `create` | `current` (absent for a secret with no value yet); no `pending` | return a fresh value; touch no target (the host discards a value it did not store) |
+/// | `create` | `current` (absent for a secret with no value yet); no `pending` | return a fresh value; touch no target (the host discards a value it did not store). Given a `pending` version, `export!` returns it without calling `create` |
 /// | `set` | `current`, `pending` | if the target already accepts `pending` (try it first, e.g. log in with it), return `Ok` |
 /// | `test` | `current`, `pending` | only check; nothing to undo |
 /// | `finish` | labels already moved: `current` is the new version, `previous` the old one, `fell_off` what lost its last label | remove [`StepInput::stale_versions`] at the target; removing what is already gone must succeed |

@@ -12,10 +12,12 @@ pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 impl Host for PluginState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HostError>> {
-        let target = request.url.clone();
+        // The audit names scheme, host and path, never a query string (it may carry a key).
+        let target = reqwest::Url::parse(&request.url)
+            .map(|u| format!("{}://{}{}", u.scheme(), u.host_str().unwrap_or(""), u.path()))
+            .unwrap_or_else(|_| "(invalid URL)".into());
         let result = self.http_send(request).await;
-        self.audit_call("http", &target, result.is_ok());
-        Ok(result)
+        Ok(self.audited("http", &target, result).await)
     }
 }
 
@@ -26,7 +28,6 @@ impl PluginState {
             .map_err(|e| host_error(ErrorKind::Invalid, format!("{:?} is not a URL: {e}", request.url)))?;
         let (scheme, target) = url_target(&url).map_err(denied)?;
         let Some(grant) = self.call.grants.http.iter().find(|g| g.covers(&scheme, &target, url.path())) else {
-            self.audit_denied("http", url.as_str());
             return Err(denied(format!(
                 "{scheme}://{}:{}{} is not granted: it is under no prefix in grants.http",
                 target.host,

@@ -253,30 +253,48 @@ impl Budget {
 }
 
 impl PluginState {
-    /// Records a capability call: plugin, secret, capability, target and
-    /// outcome. Never a value.
-    pub(crate) fn audit_call(&self, capability: &str, target: &str, ok: bool) {
-        tracing::info!(
-            target: "tumbler::audit",
-            plugin = %self.call.plugin,
-            secret = self.call.secret.as_ref().map(|s| s.as_str()).unwrap_or(""),
-            capability,
-            target,
-            outcome = if ok { "ok" } else { "error" },
-            "plugin capability call"
-        );
+    /// Records a capability call (plugin, secret, capability, target,
+    /// outcome; never a value) in the audit log, and hands the plugin the
+    /// result only once the record is written: no unaudited result.
+    /// (The state is not `Sync`: everything is taken from it before the await.)
+    pub(crate) fn audited<T: Send>(
+        &self,
+        capability: &str,
+        target: &str,
+        result: std::result::Result<T, HostError>,
+    ) -> impl std::future::Future<Output = std::result::Result<T, HostError>> + Send + use<T> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => error_kind_name(e.kind),
+        };
+        let secret = self.call.secret.as_ref().map(|s| s.as_str()).unwrap_or("");
+        tracing::info!(target: "tumbler::audit", plugin = %self.call.plugin, secret, capability, target, outcome, "plugin capability call");
+        let record = self.call.audit.clone().map(|audit| {
+            (audit, crate::audit::Entry::plugin_call(secret, &self.call.plugin, capability, target, outcome))
+        });
+        async move {
+            if let Some((audit, entry)) = record {
+                if let Err(e) = audit.append(entry).await {
+                    return Err(host_error(
+                        ErrorKind::Host,
+                        format!("the audit log is unavailable ({e}); the call's result is withheld"),
+                    ));
+                }
+            }
+            result
+        }
     }
+}
 
-    pub(crate) fn audit_denied(&self, capability: &str, target: &str) {
-        tracing::warn!(
-            target: "tumbler::audit",
-            plugin = %self.call.plugin,
-            secret = self.call.secret.as_ref().map(|s| s.as_str()).unwrap_or(""),
-            capability,
-            target,
-            outcome = "denied",
-            "plugin capability call denied"
-        );
+pub fn error_kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Denied => "denied",
+        ErrorKind::Invalid => "invalid",
+        ErrorKind::Unreachable => "unreachable",
+        ErrorKind::Auth => "auth",
+        ErrorKind::Target => "target",
+        ErrorKind::Limit => "limit",
+        ErrorKind::Host => "host",
     }
 }
 

@@ -14,7 +14,6 @@ impl PluginState {
     pub(crate) async fn granted_secret(&mut self, name: &str) -> Result<Zeroizing<String>, HostError> {
         let parsed = SecretName::parse(name).map_err(|e| host_error(ErrorKind::Invalid, e.message()))?;
         if !self.call.grants.secrets.contains(&parsed) {
-            self.audit_denied("secrets", name);
             return Err(denied(format!("reading secret '{name}' is not granted to this rotation; add it to grants.secrets")));
         }
         let store = self.call.store.clone().ok_or_else(|| host_error(ErrorKind::Host, "no secret store in this call"))?;
@@ -31,7 +30,6 @@ impl PluginState {
 impl Host for PluginState {
     async fn get(&mut self, name: String) -> wasmtime::Result<Result<String, HostError>> {
         let result = self.granted_secret(&name).await.map(|v| v.to_string());
-        self.audit_call("secrets", &name, result.is_ok());
-        Ok(result)
+        Ok(self.audited("secrets", &name, result).await)
     }
 }

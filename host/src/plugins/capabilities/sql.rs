@@ -77,8 +77,7 @@ impl HostConnection for PluginState {
         if result.is_ok() {
             self.budget.sql_connection_opened();
         }
-        self.audit_call("sql", &target, result.is_ok());
-        Ok(result)
+        Ok(self.audited("sql", &target, result).await)
     }
 
     async fn execute(
@@ -90,8 +89,7 @@ impl HostConnection for PluginState {
         let connection = self.table.get_mut(&connection)?;
         let result = connection.driver.execute(&statement, &params).await;
         let target = connection.close_if_broken(&result);
-        self.audit_call("sql", &target, result.is_ok());
-        Ok(result)
+        Ok(self.audited("sql", &target, result).await)
     }
 
     async fn query(
@@ -103,8 +101,7 @@ impl HostConnection for PluginState {
         let connection = self.table.get_mut(&connection)?;
         let result = connection.driver.query(&statement, &params).await;
         let target = connection.close_if_broken(&result);
-        self.audit_call("sql", &target, result.is_ok());
-        Ok(result)
+        Ok(self.audited("sql", &target, result).await)
     }
 
     async fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {
@@ -125,7 +122,6 @@ impl PluginState {
             .cloned()
         else {
             let target = format!("{}:{}", options.host, options.port);
-            self.audit_denied("sql", &target);
             return Err(denied(format!(
                 "connecting to {target} is not granted; add it to grants.sql"
             )));

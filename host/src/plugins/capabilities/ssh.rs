@@ -25,8 +25,7 @@ impl Host for PluginState {
     async fn run(&mut self, command: Command) -> wasmtime::Result<Result<Output, HostError>> {
         let target = format!("{}:{}", command.host, command.port);
         let result = self.ssh_run(command).await;
-        self.audit_call("ssh", &target, result.is_ok());
-        Ok(result)
+        Ok(self.audited("ssh", &target, result).await)
     }
 }
 
@@ -55,7 +54,6 @@ impl PluginState {
             .cloned()
         else {
             let target = format!("{host}:{port}");
-            self.audit_denied("ssh", &target);
             return Err(denied(format!(
                 "ssh to {target} is not granted; add it to grants.ssh"
             )));
@@ -70,7 +68,6 @@ impl PluginState {
                 }
             }
             HostKeyCheck::Unpinned => {
-                self.audit_denied("ssh", &known);
                 return Err(denied(format!(
                     "the grant for {known} does not say how to check its host key; pin it as \
                      \"{known} SHA256:<base64>\" (from `ssh-keygen -lf` on the host's public key) or opt into \
