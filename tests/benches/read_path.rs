@@ -22,7 +22,9 @@ struct Figure {
 /// One wrk run; wrk's latency distribution gives p50 and p99.
 fn wrk(url: &str, token: Option<&str>, connections: u32) -> Figure {
     let mut cmd = Command::new("wrk");
-    cmd.args(["--latency", "-t", "2", "-c", &connections.to_string(), "-d", &format!("{SECONDS}s")]);
+    // wrk needs at least one connection per thread.
+    let threads = connections.min(2).to_string();
+    cmd.args(["--latency", "-t", &threads, "-c", &connections.to_string(), "-d", &format!("{SECONDS}s")]);
     if let Some(t) = token {
         cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
     }

@@ -116,6 +116,24 @@ async fn throughput(n: usize) {
         "  {n} full rotations (create, set, test, finish) in {elapsed:.2?}: {:.0} rotations/s ({failed} failed)",
         n as f64 / elapsed.as_secs_f64()
     );
+    // Where the time goes: the plugin calls (the engine's own histogram)
+    // against the whole rotation, start to end.
+    let text = tumbler::metrics::metrics().render();
+    let sum_of = |series: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(series) && l.contains(r#"plugin="noop""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let (calls, seconds) = (sum_of("tumbler_rotation_step_duration_seconds_count"), sum_of("tumbler_rotation_step_duration_seconds_sum"));
+    let rotation_ms: f64 = store
+        .read(|c, _| Ok(c.query_row("SELECT avg(finished_at - created_at) FROM rotations", [], |r| r.get(0))?))
+        .await
+        .expect("average");
+    println!(
+        "  per plugin step call: {:.2} ms ({calls} calls); per rotation, start to end: {rotation_ms:.1} ms",
+        1000.0 * seconds / calls.max(1.0)
+    );
 }
 
 async fn idle_parent(n: usize) {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod apikey_provider;
 pub mod fixtures;
 pub mod gate;
 pub mod http_target;

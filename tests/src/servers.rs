@@ -691,6 +691,18 @@ impl Sshd {
         }
     }
 
+    /// Stops the server, as a host that goes down would; [`Sshd::restart`]
+    /// brings it back with the same host key.
+    pub fn stop(&mut self) {
+        self.daemon.stop();
+    }
+
+    /// Starts the server again on the same port, config and host key.
+    pub fn restart(&mut self) {
+        self.daemon.stop();
+        self.daemon = launch_sshd(self.dir.path(), self.port);
+    }
+
     /// Restarts the server on the same port with a new host key, as a
     /// re-installed (or impersonated) host would look.
     pub fn rekey(&mut self) {

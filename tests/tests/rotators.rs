@@ -24,6 +24,7 @@ use tumbler::plugins::capabilities::GrantsSpec;
 use tumbler::plugins::{CallContext, LoadedPlugin, Runtime, RuntimeLimits, Step, StepOutcome};
 use tumbler::store::Store;
 use tumbler::store::secrets::{self as store_secrets, NewSecret, Tags};
+use tumbler_tests::apikey_provider::ApiKeyProvider;
 use tumbler_tests::servers::{Mariadb, Postgres, Sshd, ssh_keypair};
 use tumbler_tests::{Client, Instance, secret_path, workspace_root};
 use zeroize::Zeroizing;
@@ -602,4 +603,409 @@ async fn postgres_down_during_set_retries_then_fails_and_current_still_works() {
     // Once the target is back, the next rotation goes through.
     rotate_ok(&root, "db/app", "postgres").await;
     assert!(pg_logs_in(&pg, "app", password_of(&current_json(&root, "db/app").await)));
+}
+
+// ---------------------------------------------------------------------------
+// apikey
+// ---------------------------------------------------------------------------
+
+/// The README's apikey params, pointed at `provider`.
+fn apikey_params(provider: &ApiKeyProvider) -> Value {
+    let base = provider.base();
+    json!({
+        "credentials_secret": "acme/admin",
+        "create": {"url": format!("{base}/keys"), "headers": {"Authorization": "Bearer {{credentials.token}}"},
+                   "body": {"name": "{{secret_name}}"}},
+        "key_pointer": "/data/secret",
+        "id_pointer": "/data/id",
+        "test": {"url": format!("{base}/whoami"), "headers": {"X-Api-Key": "{{key}}"}},
+        "delete": {"url": format!("{base}/keys/{{{{id}}}}"), "headers": {"Authorization": "Bearer {{credentials.token}}"}}
+    })
+}
+
+fn apikey_grants(provider: &ApiKeyProvider) -> Value {
+    json!({"http": [provider.base()], "secrets": ["acme/admin"]})
+}
+
+fn apikey_value((id, key): &(String, String)) -> String {
+    json!({"key": key, "id": id}).to_string()
+}
+
+fn key_of(value: &Value) -> &str {
+    value["key"].as_str().expect("a key")
+}
+
+#[tokio::test]
+async fn apikey_steps_issue_test_and_delete_keys_at_the_provider() {
+    let provider = ApiKeyProvider::start().await;
+    let granted = Granted::with(&[("acme/admin", &json!({"token": provider.admin_token}).to_string())]).await;
+    let first = provider.issue();
+    let mut rotation = Rotation::new("apikey", &apikey_value(&first), apikey_params(&provider), apikey_grants(&provider))
+        .await
+        .granting(&granted);
+
+    rotation.rotate_ok().await;
+    let second = rotation.current_json();
+    assert_eq!(second["id"], "key-2");
+    assert!(provider.is_live(key_of(&second)));
+    assert!(provider.is_live(&first.1), "the previous key stays valid until the next rotation");
+    assert!(provider.requests().contains(&"GET /v1/whoami".to_owned()), "test tried the new key");
+
+    rotation.rotate_ok().await;
+    assert!(!provider.is_live(&first.1), "the key that fell off was deleted");
+    assert!(provider.is_live(key_of(&second)));
+    assert_eq!(provider.live_count(), 2);
+
+    // `finish` again (a retry): the key is already gone, which is fine.
+    let mut again = rotation.input(Some(&rotation.versions[rotation.current].clone()));
+    again.fell_off = Some(rotation.versions[0].clone());
+    rotation.step_ok(Step::Finish, again).await;
+
+    // Break glass: every older key goes, only the new one is left.
+    rotation.rotate_ok().await;
+    rotation.rotate_emergency().await.expect("emergency rotation");
+    assert_eq!(provider.live_count(), 1);
+    assert!(provider.is_live(key_of(&rotation.current_json())));
+}
+
+#[tokio::test]
+async fn apikey_provider_failures_fail_the_rotation_and_leave_the_key_working() {
+    let provider = ApiKeyProvider::start().await;
+    let granted = Granted::with(&[("acme/admin", &json!({"token": provider.admin_token}).to_string())]).await;
+    let first = provider.issue();
+    let mut rotation = Rotation::new("apikey", &apikey_value(&first), apikey_params(&provider), apikey_grants(&provider))
+        .await
+        .granting(&granted);
+
+    provider.fail(true);
+    let failed = rotation.rotate().await.unwrap_err();
+    assert_eq!(failed.step, Step::Create);
+    assert!(failed.message.contains("status 503"), "{}", failed.message);
+    provider.fail(false);
+    assert!(provider.is_live(&first.1));
+    assert_eq!(provider.live_count(), 1);
+
+    // A wrong pointer is the operator's to fix: fatal, naming the pointer.
+    rotation.params["key_pointer"] = json!("/data/key");
+    let failed = rotation.rotate().await.unwrap_err();
+    assert!(failed.message.contains("\"/data/key\""), "{}", failed.message);
+    assert!(!failed.message.contains("ak_"), "no key in the error: {}", failed.message);
+
+    // Without the credentials granted, nothing is sent.
+    rotation.params = apikey_params(&provider);
+    rotation.grants = json!({"http": [provider.base()]});
+    let sent = provider.requests().len();
+    let failed = rotation.rotate().await.unwrap_err();
+    assert!(failed.message.starts_with("plugin 'apikey' step `create`: denied"), "{}", failed.message);
+    assert_eq!(provider.requests().len(), sent);
+}
+
+#[tokio::test]
+async fn apikey_rotates_end_to_end_and_a_failing_provider_fails_the_rotation() {
+    let provider = ApiKeyProvider::start().await;
+    let instance = serve();
+    let root = instance.root();
+    root.create_secret("acme/admin", &json!({"token": provider.admin_token}).to_string()).await;
+    let first = provider.issue();
+    root.create_secret("api/acme", &apikey_value(&first)).await;
+    configure(&root, "api/acme", "apikey", apikey_params(&provider), apikey_grants(&provider), 2).await;
+
+    rotate_ok(&root, "api/acme", "apikey").await;
+    let second = current_json(&root, "api/acme").await;
+    assert!(provider.is_live(key_of(&second)) && provider.is_live(&first.1));
+    rotate_ok(&root, "api/acme", "apikey").await;
+    let third = current_json(&root, "api/acme").await;
+    assert!(provider.is_live(key_of(&third)) && provider.is_live(key_of(&second)));
+    assert!(!provider.is_live(&first.1), "the key that fell off was deleted");
+
+    provider.fail(true);
+    let record = rotate(&root, "api/acme").await;
+    assert_eq!(record["status"], "failed", "{record:#}");
+    assert_eq!(attempts(&record), [("create".to_owned(), "retryable".to_owned()), ("create".to_owned(), "retryable".to_owned())]);
+    provider.fail(false);
+    assert_eq!(current_json(&root, "api/acme").await, third, "current is untouched");
+    assert!(provider.is_live(key_of(&third)));
+}
+
+// ---------------------------------------------------------------------------
+// mysql (against MariaDB)
+// ---------------------------------------------------------------------------
+
+fn my_secret(db: &Mariadb, username: &str, password: &str) -> String {
+    json!({"engine": "mariadb", "host": "127.0.0.1", "port": db.port, "username": username, "password": password})
+        .to_string()
+}
+
+fn my_grants(db: &Mariadb) -> Value {
+    json!({"sql": [db.addr()]})
+}
+
+/// `` `name`@`%` ``
+fn my_account(user: &str) -> String {
+    format!("`{}`@`%`", user.replace('`', "``"))
+}
+
+fn my_logs_in(db: &Mariadb, user: &str, password: &str) -> bool {
+    db.sql_as(user, password, "SELECT 1").success()
+}
+
+/// Turns the general query log on (every statement the server receives)
+/// and returns where it is written.
+fn my_general_log(db: &Mariadb) -> PathBuf {
+    let path = db.data_dir().join("general.log");
+    db.sql(&format!("SET GLOBAL general_log_file = '{}'; SET GLOBAL general_log = 1", path.display()));
+    path
+}
+
+#[tokio::test]
+async fn mysql_single_user_steps_change_the_password_and_no_password_reaches_the_general_log() {
+    let db = Mariadb::start();
+    let general_log = my_general_log(&db);
+    db.sql(&format!("CREATE USER {} IDENTIFIED BY 'initial pw'", my_account(AWKWARD_USER)));
+    let params = json!({"tls": "disable", "password": awkward_password_rules()});
+    let mut rotation = Rotation::new("mysql", &my_secret(&db, AWKWARD_USER, "initial pw"), params, my_grants(&db)).await;
+
+    let pending = rotation.try_create().await.expect("create");
+    rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
+    let again = rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
+    assert!(again.contains("already logs in"), "{again}");
+    rotation.step_ok(Step::Test, rotation.input(Some(&pending))).await;
+    rotation.promote_and_finish(pending, false).await.expect("finish");
+    let first = password_of(&rotation.current_json()).to_owned();
+    assert!(my_logs_in(&db, AWKWARD_USER, &first));
+    assert!(!my_logs_in(&db, AWKWARD_USER, "initial pw"));
+
+    rotation.rotate_ok().await;
+    let second = password_of(&rotation.current_json()).to_owned();
+    assert!(my_logs_in(&db, AWKWARD_USER, &second));
+    assert!(!my_logs_in(&db, AWKWARD_USER, &first));
+
+    let log = std::fs::read_to_string(&general_log).expect("read the general log");
+    assert!(log.contains("SET PASSWORD = '*"), "the statements were logged:\n{log}");
+    for password in [&first, &second] {
+        assert!(!log.contains(password.as_str()), "a password reached the general log");
+    }
+}
+
+#[tokio::test]
+async fn mysql_alternating_users_steps_copy_grants_to_the_clone_and_keep_the_previous_user_working() {
+    let db = Mariadb::start();
+    db.sql(&format!(
+        "CREATE DATABASE shop; CREATE TABLE shop.orders (id int); INSERT INTO shop.orders VALUES (7);
+         CREATE USER {0} IDENTIFIED BY 'initial pw'; GRANT SELECT ON shop.* TO {0};",
+        my_account(AWKWARD_USER)
+    ));
+    let granted = Granted::with(&[("db/admin", &my_secret(&db, &db.superuser, &db.password))]).await;
+    let params = json!({"strategy": "alternating-users", "admin_secret": "db/admin", "tls": "disable",
+                        "password": awkward_password_rules()});
+    let grants = json!({"sql": [db.addr()], "secrets": ["db/admin"]});
+    let mut rotation = Rotation::new("mysql", &my_secret(&db, AWKWARD_USER, "initial pw"), params, grants)
+        .await
+        .granting(&granted);
+    let clone = format!("{AWKWARD_USER}_clone");
+
+    rotation.rotate_ok().await;
+    let now = rotation.current_json();
+    assert_eq!(now["username"], clone.as_str());
+    let clone_pw = password_of(&now).to_owned();
+    let reads = db.sql_as(&clone, &clone_pw, "SELECT id FROM shop.orders");
+    assert_eq!(reads.stdout.trim(), "7", "the clone has the user's grants: {reads:?}");
+    assert!(my_logs_in(&db, AWKWARD_USER, "initial pw"), "the previous user keeps working");
+
+    rotation.rotate_ok().await;
+    let user_pw = password_of(&rotation.current_json()).to_owned();
+    assert!(my_logs_in(&db, AWKWARD_USER, &user_pw));
+    assert!(!my_logs_in(&db, AWKWARD_USER, "initial pw"));
+    assert!(my_logs_in(&db, &clone, &clone_pw), "the previous value keeps working until the next rotation");
+
+    rotation.rotate_emergency().await.expect("emergency rotation");
+    let now = rotation.current_json();
+    assert_eq!(now["username"], clone.as_str());
+    assert!(my_logs_in(&db, &clone, password_of(&now)));
+    assert!(!my_logs_in(&db, AWKWARD_USER, &user_pw), "emergency: no older credential works");
+}
+
+#[tokio::test]
+async fn mysql_rotates_end_to_end_with_both_strategies() {
+    let db = Mariadb::start();
+    db.sql(&format!(
+        "CREATE USER {} IDENTIFIED BY 'initial pw'; CREATE USER `report`@`%` IDENTIFIED BY 'initial pw';",
+        my_account(AWKWARD_USER)
+    ));
+    let instance = serve();
+    let root = instance.root();
+    root.create_secret("db/admin", &my_secret(&db, &db.superuser, &db.password)).await;
+    root.create_secret("db/app", &my_secret(&db, AWKWARD_USER, "initial pw")).await;
+    root.create_secret("db/report", &my_secret(&db, "report", "initial pw")).await;
+    let single = json!({"tls": "disable", "password": awkward_password_rules()});
+    configure(&root, "db/app", "mysql", single, my_grants(&db), 5).await;
+    let alternating = json!({"tls": "disable", "strategy": "alternating-users", "admin_secret": "db/admin"});
+    configure(&root, "db/report", "mysql", alternating, json!({"sql": [db.addr()], "secrets": ["db/admin"]}), 5).await;
+
+    let mut old = current_json(&root, "db/app").await;
+    for _ in 0..2 {
+        rotate_ok(&root, "db/app", "mysql").await;
+        let now = current_json(&root, "db/app").await;
+        assert!(my_logs_in(&db, AWKWARD_USER, password_of(&now)));
+        assert!(!my_logs_in(&db, AWKWARD_USER, password_of(&old)), "single user: the old password is refused");
+        old = now;
+    }
+
+    let mut previous = current_json(&root, "db/report").await;
+    for _ in 0..2 {
+        rotate_ok(&root, "db/report", "mysql").await;
+        let now = current_json(&root, "db/report").await;
+        assert_ne!(now["username"], previous["username"]);
+        assert!(my_logs_in(&db, now["username"].as_str().unwrap(), password_of(&now)));
+        assert!(
+            my_logs_in(&db, previous["username"].as_str().unwrap(), password_of(&previous)),
+            "alternating users: the previous credential keeps working"
+        );
+        previous = now;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ssh
+// ---------------------------------------------------------------------------
+
+fn ssh_secret(sshd: &Sshd, private_key: &str, public_key: &str) -> String {
+    json!({"host": "127.0.0.1", "port": sshd.port, "username": sshd.user, "private_key": private_key,
+           "public_key": public_key})
+    .to_string()
+}
+
+/// The host key pinned, as an operator grants it.
+fn ssh_grants(sshd: &Sshd) -> Value {
+    json!({"ssh": [format!("{} {}", sshd.addr(), sshd.host_key_fingerprint)]})
+}
+
+fn ssh_params(sshd: &Sshd) -> Value {
+    json!({"authorized_keys": sshd.authorized_keys_path()})
+}
+
+/// Whether OpenSSH's own client logs in to `sshd` with `private_key`.
+fn ssh_logs_in(sshd: &Sshd, private_key: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("id");
+    std::fs::write(&key, private_key).expect("write the key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+    let mut ssh = Command::new("ssh");
+    ssh.arg("-i").arg(&key).args([
+        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+        "-p", &sshd.port.to_string(), &format!("{}@127.0.0.1", sshd.user), "true",
+    ]);
+    tumbler_tests::run(ssh, None).success()
+}
+
+/// The base64 blob of an `authorized_keys` line.
+fn blob(public_key: &str) -> &str {
+    public_key.split_whitespace().nth(1).expect("a key blob")
+}
+
+#[tokio::test]
+async fn ssh_steps_install_the_new_key_and_remove_the_one_that_fell_off() {
+    let initial = ssh_keypair("initial");
+    let ops = ssh_keypair("ops-by-hand");
+    let sshd = Sshd::start(&format!("# keys of this account\n{}\n{}", initial.public_key, ops.public_key));
+    let mut rotation = Rotation::new(
+        "ssh",
+        &ssh_secret(&sshd, &initial.private_key, &initial.public_key),
+        ssh_params(&sshd),
+        ssh_grants(&sshd),
+    )
+    .await;
+
+    let pending = rotation.try_create().await.expect("create");
+    let new: Value = serde_json::from_str(&pending.value).unwrap();
+    let new_public = new["public_key"].as_str().unwrap().to_owned();
+    assert!(new_public.starts_with("ssh-ed25519 ") && new_public.ends_with(" tumbler:test/rotated"), "{new_public}");
+    assert!(new["private_key"].as_str().unwrap().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    assert_eq!(new["host"], "127.0.0.1");
+
+    // `set` twice: the key is in the file once.
+    rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
+    let again = rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
+    assert!(again.contains("already accepts"), "{again}");
+    assert_eq!(sshd.authorized_keys().matches(blob(&new_public)).count(), 1);
+    rotation.step_ok(Step::Test, rotation.input(Some(&pending))).await;
+    rotation.promote_and_finish(pending, false).await.expect("finish");
+    assert!(ssh_logs_in(&sshd, new["private_key"].as_str().unwrap()));
+    assert!(ssh_logs_in(&sshd, &initial.private_key), "the previous key stays until the next rotation");
+
+    // The next rotation removes the key that fell off, and only that one.
+    rotation.rotate_ok().await;
+    let keys = sshd.authorized_keys();
+    assert!(!keys.contains(blob(&initial.public_key)), "{keys}");
+    assert!(keys.contains(blob(&new_public)) && keys.contains(blob(&ops.public_key)), "{keys}");
+    assert!(!ssh_logs_in(&sshd, &initial.private_key));
+    assert!(ssh_logs_in(&sshd, rotation.current_json()["private_key"].as_str().unwrap()));
+
+    // Break glass: every key but the new one goes; comments stay.
+    rotation.rotate_emergency().await.expect("emergency rotation");
+    let newest = rotation.current_json();
+    let keys = sshd.authorized_keys();
+    let key_lines: Vec<&str> = keys.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(key_lines, [newest["public_key"].as_str().unwrap()], "{keys}");
+    assert!(keys.contains("# keys of this account"));
+    assert!(ssh_logs_in(&sshd, newest["private_key"].as_str().unwrap()));
+    assert!(!ssh_logs_in(&sshd, &ops.private_key));
+}
+
+#[tokio::test]
+async fn ssh_refusals_leave_authorized_keys_and_the_current_key_alone() {
+    let initial = ssh_keypair("initial");
+    let sshd = Sshd::start(&initial.public_key);
+    let before = sshd.authorized_keys();
+    let value = ssh_secret(&sshd, &initial.private_key, &initial.public_key);
+
+    // Another host key pinned: refused before logging in.
+    let wrong = json!({"ssh": [format!("{} SHA256:{}", sshd.addr(), "A".repeat(43))]});
+    let mut rotation = Rotation::new("ssh", &value, ssh_params(&sshd), wrong).await;
+    let failed = rotation.rotate().await.unwrap_err();
+    assert_eq!(failed.step, Step::Set);
+    assert!(failed.message.contains("denied"), "{}", failed.message);
+
+    // A current key the host no longer accepts: `set` cannot install the new one.
+    let stranger = ssh_keypair("stranger");
+    rotation.versions[0].value = ssh_secret(&sshd, &stranger.private_key, &stranger.public_key);
+    rotation.grants = ssh_grants(&sshd);
+    let failed = rotation.rotate().await.unwrap_err();
+    assert_eq!(failed.step, Step::Set);
+    assert!(failed.message.contains("auth"), "{}", failed.message);
+
+    assert_eq!(sshd.authorized_keys(), before);
+    assert!(ssh_logs_in(&sshd, &initial.private_key));
+}
+
+#[tokio::test]
+async fn ssh_rotates_end_to_end_and_a_stopped_host_fails_the_rotation() {
+    let initial = ssh_keypair("initial");
+    let mut sshd = Sshd::start(&initial.public_key);
+    let instance = serve();
+    let root = instance.root();
+    root.create_secret("hosts/web1", &ssh_secret(&sshd, &initial.private_key, &initial.public_key)).await;
+    configure(&root, "hosts/web1", "ssh", ssh_params(&sshd), ssh_grants(&sshd), 3).await;
+
+    let mut previous = current_json(&root, "hosts/web1").await;
+    for _ in 0..2 {
+        rotate_ok(&root, "hosts/web1", "ssh").await;
+        let now = current_json(&root, "hosts/web1").await;
+        assert!(ssh_logs_in(&sshd, now["private_key"].as_str().unwrap()), "the new key works");
+        assert!(ssh_logs_in(&sshd, previous["private_key"].as_str().unwrap()), "the previous one still does");
+        previous = now;
+    }
+    assert!(!ssh_logs_in(&sshd, &initial.private_key), "the key that fell off was removed");
+
+    let before = sshd.authorized_keys();
+    sshd.stop();
+    let record = rotate(&root, "hosts/web1").await;
+    assert_eq!((record["status"].as_str(), record["step"].as_str()), (Some("failed"), Some("set")), "{record:#}");
+    assert_eq!(attempts(&record).iter().filter(|(step, _)| step == "set").count(), 3, "{record:#}");
+    sshd.restart();
+    assert_eq!(current_json(&root, "hosts/web1").await, previous, "current is untouched");
+    assert!(ssh_logs_in(&sshd, previous["private_key"].as_str().unwrap()), "and still logs in");
+    assert_eq!(sshd.authorized_keys(), before);
 }

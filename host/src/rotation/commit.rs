@@ -5,25 +5,23 @@
 //! in its own savepoint (a transition that fails rolls back alone), and
 //! answers each caller once the whole batch is on disk.
 
-use super::state::Next;
 use crate::error::{Error, Result};
 use crate::store::{Keys, Store};
 use rusqlite::Transaction;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most transitions in one transaction.
 const MAX_BATCH: usize = 256;
 
-type Transition = Box<dyn FnOnce(&Transaction<'_>, &Keys) -> Result<Next> + Send>;
-
-struct Job {
-    transition: Transition,
-    done: oneshot::Sender<Result<Next>>,
-}
+/// Told whether the batch committed (`None`) or why not; answers the caller.
+type Reply = Box<dyn FnOnce(Option<&Error>) + Send>;
+/// Runs one transition in the batch's transaction.
+type Transition = Box<dyn FnOnce(&Transaction<'_>, &Keys) -> Reply + Send>;
 
 #[derive(Clone)]
 pub struct Committer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Transition>,
 }
 
 impl Committer {
@@ -33,47 +31,58 @@ impl Committer {
         Committer { queue }
     }
 
-    /// Runs `transition` in the next batch; returns once it is committed.
-    pub async fn commit<F>(&self, transition: F) -> Result<Next>
+    /// Runs `f` in the next batch; returns its result once it is committed.
+    pub async fn commit<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&Transaction<'_>, &Keys) -> Result<Next> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
     {
-        let (done, wait) = oneshot::channel();
+        let (done, wait) = oneshot::channel::<Result<T>>();
+        let transition: Transition = Box::new(move |tx, keys| {
+            let result = in_savepoint(tx, |tx| f(tx, keys));
+            Box::new(move |failed: Option<&Error>| {
+                let answer = match failed {
+                    None => result,
+                    Some(e) => Err(Error::new(e.kind, e.message())),
+                };
+                // A caller that went away needs no answer.
+                let _ = done.send(answer);
+            })
+        });
         let gone = || Error::unavailable("the rotation engine is shutting down");
-        self.queue.send(Job { transition: Box::new(transition), done }).await.map_err(|_| gone())?;
+        self.queue.send(transition).await.map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?
     }
 }
 
-async fn run(store: Store, mut queue: mpsc::Receiver<Job>) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let (transitions, replies): (Vec<Transition>, Vec<_>) = jobs.drain(..).map(|j| (j.transition, j.done)).unzip();
+/// Runs `f` so that its changes are undone alone if it fails.
+fn in_savepoint<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    tx.execute_batch("SAVEPOINT transition")?;
+    let result = f(tx);
+    let end = if result.is_ok() { "RELEASE transition" } else { "ROLLBACK TO transition; RELEASE transition" };
+    tx.execute_batch(end)?;
+    result
+}
+
+async fn run(store: Store, mut queue: mpsc::Receiver<Transition>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let transitions: Vec<Transition> = std::mem::take(&mut batch);
+        // Kept outside the transaction, so that a failed commit still
+        // reaches every caller.
+        let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
+        let made = replies.clone();
         let outcome = store
             .write(move |tx, keys| {
-                let mut results = Vec::with_capacity(transitions.len());
-                for transition in transitions {
-                    tx.execute_batch("SAVEPOINT transition")?;
-                    let result = transition(tx, keys);
-                    let undo = if result.is_ok() { "RELEASE transition" } else { "ROLLBACK TO transition; RELEASE transition" };
-                    tx.execute_batch(undo)?;
-                    results.push(result);
-                }
-                Ok(results)
+                let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+                made.extend(transitions.into_iter().map(|t| t(tx, keys)));
+                Ok(())
             })
             .await;
-        match outcome {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    // A caller that went away needs no answer.
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                for reply in replies {
-                    let _ = reply.send(Err(Error::new(e.kind, e.message())));
-                }
-            }
+        let replies = std::mem::take(&mut *replies.lock().unwrap_or_else(|p| p.into_inner()));
+        let failed = outcome.err();
+        for reply in replies {
+            reply(failed.as_ref());
         }
     }
 }

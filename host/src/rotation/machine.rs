@@ -1,11 +1,11 @@
 //! Where a rotation's steps happen: one task per running rotation walks it
 //! through `create`, `set`, `test` and `finish`, calling the plugin between
-//! transitions that `state.rs` commits. Each step holds a slot of the
-//! global concurrency limit while it runs; a rotation waiting to retry
-//! holds none.
+//! transitions that `state.rs` commits. A rotation holds a slot of the
+//! global concurrency limit while its steps run back to back; it gives the
+//! slot up to wait for a retry, and once its plugin's last step returned.
 
 use super::Engine;
-use super::state::{self, Ended, Failure, Next, Outcome, Prepared, Status};
+use super::state::{self, Cursor, Ended, Failure, Next, Outcome, Prepared, Status};
 use crate::alerts::Alert;
 use crate::error::Result;
 use crate::metrics::metrics;
@@ -20,8 +20,10 @@ use zeroize::Zeroizing;
 
 /// Drives rotation `id` from where its row says it stands until it ends,
 /// waits to retry, or turns out to belong to someone else.
-pub async fn drive(engine: Arc<Engine>, id: String, slot: Option<OwnedSemaphorePermit>) {
-    if let Err(e) = drive_inner(&engine, &id, slot).await {
+/// `slot` and `first` come from the scheduler, which starts a claimed
+/// rotation's first step in the transaction that claims it.
+pub async fn drive(engine: Arc<Engine>, id: String, slot: Option<OwnedSemaphorePermit>, first: Option<Next>) {
+    if let Err(e) = drive_inner(&engine, &id, slot, first).await {
         // A storage error leaves the row as it was: the scheduler's next
         // tick drives it again from its recorded step.
         tracing::error!(rotation_id = %id, error = %e, "rotation paused by a storage error; the scheduler resumes it");
@@ -29,14 +31,24 @@ pub async fn drive(engine: Arc<Engine>, id: String, slot: Option<OwnedSemaphoreP
     engine.finished_driving(&id);
 }
 
-async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemaphorePermit>) -> Result<()> {
-    let rid = id.to_owned();
-    let Some(row) = engine.store.read(move |c, _| state::load(c, &rid)).await? else { return Ok(()) };
-    if row.status != Status::Running {
-        return Ok(());
-    }
-    let mut cursor = row.cursor();
-    let mut wait_until = row.retry_at;
+async fn drive_inner(
+    engine: &Arc<Engine>,
+    id: &str,
+    mut slot: Option<OwnedSemaphorePermit>,
+    mut first: Option<Next>,
+) -> Result<()> {
+    let (mut cursor, mut wait_until) = match first {
+        // Set from the prepared step before it is used.
+        Some(_) => (Cursor { step: Step::Create, attempt: 0 }, None),
+        None => {
+            let rid = id.to_owned();
+            let Some(row) = engine.store.read(move |c, _| state::load(c, &rid)).await? else { return Ok(()) };
+            if row.status != Status::Running {
+                return Ok(());
+            }
+            (row.cursor(), row.retry_at)
+        }
+    };
     loop {
         if let Some(at) = wait_until.take() {
             let wait = at - now_millis();
@@ -44,7 +56,7 @@ async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemap
                 tokio::time::sleep(Duration::from_millis(wait as u64)).await;
             }
         }
-        let _slot = match slot.take() {
+        let mut held = Some(match slot.take() {
             Some(s) => s,
             None => engine
                 .slots
@@ -52,15 +64,27 @@ async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemap
                 .acquire_owned()
                 .await
                 .map_err(|_| crate::error::Error::internal("rotation slots closed"))?,
+        });
+        let mut next = match first.take() {
+            Some(next) => next,
+            None => {
+                let (audit, rid) = (engine.audit.clone(), id.to_owned());
+                engine.committer.commit(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?
+            }
         };
-        let (audit, rid) = (engine.audit.clone(), id.to_owned());
-        let mut next = engine.committer.commit(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?;
-        // Steps run back to back while they succeed; the slot is held.
+        // Steps run back to back while they succeed; the slot is held until
+        // the plugin's last step is done (recording it needs no slot).
         loop {
             match next {
                 Next::Run(prepared) => {
                     cursor = prepared.cursor;
                     let (outcome, log) = run_step(engine, &prepared).await;
+                    if cursor.step == Step::Finish && matches!(outcome, Outcome::Done) {
+                        held = None;
+                        // The scheduler may claim the next rotation in the
+                        // batch that records this one's end.
+                        engine.wake();
+                    }
                     let (audit, rid, backoff) = (engine.audit.clone(), id.to_owned(), engine.settings.backoff);
                     next = engine
                         .committer
@@ -69,6 +93,7 @@ async fn drive_inner(engine: &Arc<Engine>, id: &str, mut slot: Option<OwnedSemap
                 }
                 Next::RetryAt(at) => {
                     wait_until = Some(at);
+                    drop(held.take());
                     break;
                 }
                 Next::Ended(ended) => {

@@ -64,7 +64,9 @@ pub struct Engine {
     runtime: Arc<Runtime>,
     alerts: Alerts,
     settings: Settings,
-    /// The global concurrency limit: a permit per running step.
+    /// The global concurrency limit: a rotation holds a slot from its
+    /// first step until its plugin's last step returns, except while it
+    /// waits to retry.
     slots: Arc<Semaphore>,
     /// Wakes the scheduler: a config changed or a rotation ended.
     wake: Notify,
@@ -113,14 +115,15 @@ impl Engine {
 
     /// Runs rotation `id` in the background unless it already runs here.
     pub fn drive(self: &Arc<Self>, id: String) {
-        self.drive_with(id, None);
+        self.drive_with(id, None, None);
     }
 
-    /// [`Engine::drive`] with a slot already taken (by the scheduler).
-    fn drive_with(self: &Arc<Self>, id: String, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
+    /// [`Engine::drive`] with a slot already taken and the first step
+    /// already begun (by the scheduler).
+    fn drive_with(self: &Arc<Self>, id: String, slot: Option<tokio::sync::OwnedSemaphorePermit>, first: Option<state::Next>) {
         let fresh = self.driving.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
         if fresh {
-            tokio::spawn(machine::drive(self.clone(), id, slot));
+            tokio::spawn(machine::drive(self.clone(), id, slot, first));
         }
     }
 

@@ -44,8 +44,8 @@ async fn tick(engine: &Arc<Engine>) -> crate::error::Result<Duration> {
     if free > 0 {
         let audit = engine.audit.clone();
         let claimed = engine
-            .store
-            .write(move |tx, keys| {
+            .committer
+            .commit(move |tx, keys| {
                 let claimed = config::claim_due(tx, now, free)?;
                 let entries: Vec<_> = claimed
                     .iter()
@@ -58,11 +58,20 @@ async fn tick(engine: &Arc<Engine>) -> crate::error::Result<Duration> {
                 if !entries.is_empty() {
                     audit.append_in(tx, keys, &entries)?;
                 }
-                Ok(claimed)
+                // Each claimed rotation's first step starts in this same
+                // transaction: one commit fewer per rotation.
+                let create = super::state::Cursor { step: crate::plugins::Step::Create, attempt: 0 };
+                claimed
+                    .into_iter()
+                    .map(|c| {
+                        let first = super::state::begin(tx, keys, &audit, &c.rotation_id, create)?;
+                        Ok((c.rotation_id, first))
+                    })
+                    .collect::<crate::error::Result<Vec<_>>>()
             })
             .await?;
-        for (c, permit) in claimed.into_iter().zip(permits.drain(..)) {
-            engine.drive_with(c.rotation_id, Some(permit));
+        for ((id, first), permit) in claimed.into_iter().zip(permits.drain(..)) {
+            engine.drive_with(id, Some(permit), Some(first));
         }
         drop(permits);
     }

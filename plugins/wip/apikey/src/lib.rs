@@ -1,1 +1,0 @@
-fn _placeholder() {}
