@@ -30,9 +30,9 @@ fi
 log "rustup target add wasm32-wasip2"
 rustup target add wasm32-wasip2
 
-log "building the plugins (wasm32-wasip2) and testing the plugin SDK"
+log "building the plugins (wasm32-wasip2) and testing the plugin SDK and the built-in rotators' helpers"
 cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release
-cargo test --manifest-path plugins/Cargo.toml -p tumbler-sdk
+cargo test --manifest-path plugins/Cargo.toml -p tumbler-sdk -p postgres -p mysql -p ssh -p apikey
 
 log "building tumbler"
 cargo build --workspace --all-targets

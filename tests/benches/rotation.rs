@@ -10,7 +10,9 @@
 //!    store and runs the engine (scheduler included) and the parent reads
 //!    its CPU time and RSS from /proc over 20 seconds.
 //!
-//! `TUMBLER_BENCH_SECRETS` and `TUMBLER_BENCH_IDLE_SECRETS` change the counts.
+//! `TUMBLER_BENCH_SECRETS` and `TUMBLER_BENCH_IDLE_SECRETS` change the
+//! counts, `TUMBLER_BENCH_CONCURRENCY` the concurrency limit(s) of the
+//! throughput run (a comma-separated list; default `4`, the server's default).
 
 use serde_json::json;
 use std::path::Path;
@@ -39,8 +41,14 @@ fn main() {
     }
     let count = env_count("TUMBLER_BENCH_SECRETS", 10_000);
     let idle = env_count("TUMBLER_BENCH_IDLE_SECRETS", 100_000);
+    let limits: Vec<usize> = std::env::var("TUMBLER_BENCH_CONCURRENCY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![4]);
     runtime.block_on(async {
-        throughput(count).await;
+        for concurrency in limits {
+            throughput(count, concurrency).await;
+        }
         idle_parent(idle).await;
     });
 }
@@ -88,8 +96,8 @@ async fn count(store: &Store, status: &'static str) -> i64 {
         .expect("count")
 }
 
-async fn throughput(n: usize) {
-    println!("throughput: {n} secrets due at once, plugin noop, concurrency 4");
+async fn throughput(n: usize, concurrency: usize) {
+    println!("throughput: {n} secrets due at once, plugin noop, concurrency {concurrency}");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::create(dir.path(), MasterKey::generate()).expect("store");
     let registry = registry(&store, dir.path()).await;
@@ -100,9 +108,9 @@ async fn throughput(n: usize) {
         .expect("make due");
     let audit = AuditLog::start(store.clone(), None, Alerts::default());
     let started = Instant::now();
-    let _engine = Engine::start(store.clone(), audit, registry, Alerts::default(), Settings::default())
-        .await
-        .expect("engine");
+    let settings = Settings { concurrency, ..Settings::default() };
+    let _engine = Engine::start(store.clone(), audit, registry, Alerts::default(), settings).await.expect("engine");
+    let calls_before = plugin_calls();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let done = count(&store, "succeeded").await + count(&store, "failed").await;
@@ -118,14 +126,8 @@ async fn throughput(n: usize) {
     );
     // Where the time goes: the plugin calls (the engine's own histogram)
     // against the whole rotation, start to end.
-    let text = tumbler::metrics::metrics().render();
-    let sum_of = |series: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(series) && l.contains(r#"plugin="noop""#))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let (calls, seconds) = (sum_of("tumbler_rotation_step_duration_seconds_count"), sum_of("tumbler_rotation_step_duration_seconds_sum"));
+    let (calls, seconds) = plugin_calls();
+    let (calls, seconds) = (calls - calls_before.0, seconds - calls_before.1);
     let rotation_ms: f64 = store
         .read(|c, _| Ok(c.query_row("SELECT avg(finished_at - created_at) FROM rotations", [], |r| r.get(0))?))
         .await
@@ -134,6 +136,18 @@ async fn throughput(n: usize) {
         "  per plugin step call: {:.2} ms ({calls} calls); per rotation, start to end: {rotation_ms:.1} ms",
         1000.0 * seconds / calls.max(1.0)
     );
+}
+
+/// Plugin step calls so far and their total seconds (the engine's histogram).
+fn plugin_calls() -> (f64, f64) {
+    let text = tumbler::metrics::metrics().render();
+    let sum_of = |series: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(series) && l.contains(r#"plugin="noop""#))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (sum_of("tumbler_rotation_step_duration_seconds_count"), sum_of("tumbler_rotation_step_duration_seconds_sum"))
 }
 
 async fn idle_parent(n: usize) {

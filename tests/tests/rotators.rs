@@ -477,7 +477,13 @@ async fn rotate(client: &Client, secret: &str) -> Value {
 async fn rotate_ok(client: &Client, secret: &str, plugin: &str) -> Value {
     let record = rotate(client, secret).await;
     assert_eq!(record["status"], "succeeded", "rotation of {secret}: {record:#}");
-    eprintln!("timing: one {plugin} rotation took {} ms", record["duration_ms"]);
+    let steps: Vec<String> = record["attempts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{} {} ms", a["step"].as_str().unwrap_or("?"), a["duration_ms"]))
+        .collect();
+    eprintln!("timing: one {plugin} rotation took {} ms ({})", record["duration_ms"], steps.join(", "));
     record
 }
 
@@ -513,9 +519,19 @@ async fn postgres_single_user_rotates_through_the_cli_and_no_password_reaches_th
     instance
         .cli(
             [
-                "rotation", "set", "db/app", "--plugin", "postgres", "--schedule", "rate(30 days)",
-                "--param", "tls=disable", "--param", &format!("password={rules}"),
-                "--grant", &format!("sql:{}", pg.addr()),
+                "rotation",
+                "set",
+                "db/app",
+                "--plugin",
+                "postgres",
+                "--schedule",
+                "rate(30 days)",
+                "--param",
+                "tls=disable",
+                "--param",
+                &format!("password={rules}"),
+                "--grant",
+                &format!("sql:{}", pg.addr()),
             ],
             None,
         )
@@ -640,9 +656,10 @@ async fn apikey_steps_issue_test_and_delete_keys_at_the_provider() {
     let provider = ApiKeyProvider::start().await;
     let granted = Granted::with(&[("acme/admin", &json!({"token": provider.admin_token}).to_string())]).await;
     let first = provider.issue();
-    let mut rotation = Rotation::new("apikey", &apikey_value(&first), apikey_params(&provider), apikey_grants(&provider))
-        .await
-        .granting(&granted);
+    let mut rotation =
+        Rotation::new("apikey", &apikey_value(&first), apikey_params(&provider), apikey_grants(&provider))
+            .await
+            .granting(&granted);
 
     rotation.rotate_ok().await;
     let second = rotation.current_json();
@@ -673,9 +690,10 @@ async fn apikey_provider_failures_fail_the_rotation_and_leave_the_key_working() 
     let provider = ApiKeyProvider::start().await;
     let granted = Granted::with(&[("acme/admin", &json!({"token": provider.admin_token}).to_string())]).await;
     let first = provider.issue();
-    let mut rotation = Rotation::new("apikey", &apikey_value(&first), apikey_params(&provider), apikey_grants(&provider))
-        .await
-        .granting(&granted);
+    let mut rotation =
+        Rotation::new("apikey", &apikey_value(&first), apikey_params(&provider), apikey_grants(&provider))
+            .await
+            .granting(&granted);
 
     provider.fail(true);
     let failed = rotation.rotate().await.unwrap_err();
@@ -721,7 +739,10 @@ async fn apikey_rotates_end_to_end_and_a_failing_provider_fails_the_rotation() {
     provider.fail(true);
     let record = rotate(&root, "api/acme").await;
     assert_eq!(record["status"], "failed", "{record:#}");
-    assert_eq!(attempts(&record), [("create".to_owned(), "retryable".to_owned()), ("create".to_owned(), "retryable".to_owned())]);
+    assert_eq!(
+        attempts(&record),
+        [("create".to_owned(), "plugin_retryable".to_owned()), ("create".to_owned(), "plugin_retryable".to_owned())]
+    );
     provider.fail(false);
     assert_eq!(current_json(&root, "api/acme").await, third, "current is untouched");
     assert!(provider.is_live(key_of(&third)));
@@ -763,7 +784,8 @@ async fn mysql_single_user_steps_change_the_password_and_no_password_reaches_the
     let general_log = my_general_log(&db);
     db.sql(&format!("CREATE USER {} IDENTIFIED BY 'initial pw'", my_account(AWKWARD_USER)));
     let params = json!({"tls": "disable", "password": awkward_password_rules()});
-    let mut rotation = Rotation::new("mysql", &my_secret(&db, AWKWARD_USER, "initial pw"), params, my_grants(&db)).await;
+    let mut rotation =
+        Rotation::new("mysql", &my_secret(&db, AWKWARD_USER, "initial pw"), params, my_grants(&db)).await;
 
     let pending = rotation.try_create().await.expect("create");
     rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
@@ -799,9 +821,8 @@ async fn mysql_alternating_users_steps_copy_grants_to_the_clone_and_keep_the_pre
     let params = json!({"strategy": "alternating-users", "admin_secret": "db/admin", "tls": "disable",
                         "password": awkward_password_rules()});
     let grants = json!({"sql": [db.addr()], "secrets": ["db/admin"]});
-    let mut rotation = Rotation::new("mysql", &my_secret(&db, AWKWARD_USER, "initial pw"), params, grants)
-        .await
-        .granting(&granted);
+    let mut rotation =
+        Rotation::new("mysql", &my_secret(&db, AWKWARD_USER, "initial pw"), params, grants).await.granting(&granted);
     let clone = format!("{AWKWARD_USER}_clone");
 
     rotation.rotate_ok().await;
@@ -893,9 +914,22 @@ fn ssh_logs_in(sshd: &Sshd, private_key: &str) -> bool {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
     let mut ssh = Command::new("ssh");
     ssh.arg("-i").arg(&key).args([
-        "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-        "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
-        "-p", &sshd.port.to_string(), &format!("{}@127.0.0.1", sshd.user), "true",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &sshd.port.to_string(),
+        &format!("{}@127.0.0.1", sshd.user),
+        "true",
     ]);
     tumbler_tests::run(ssh, None).success()
 }

@@ -112,15 +112,15 @@ async fn ungranted_calls_are_denied_with_the_reason() {
     assert_eq!(target.hits.total(), 0, "nothing reached the target");
 }
 
-/// Runs the probe's http call under a grant of `/ok` on the target.
-async fn http_probe(target: &HttpTarget, grant: &str, call: Value) -> StepOutcome {
+/// Runs the probe's http call under the given grant.
+async fn http_probe(grant: &str, call: Value) -> StepOutcome {
     run("test-probe", Step::Set, call, json!({"http": [grant]})).await
 }
 
 #[tokio::test]
 async fn a_granted_url_is_reached() {
     let target = HttpTarget::start().await;
-    let outcome = http_probe(&target, &target.url("/ok"), json!({"call": "http", "url": target.url("/ok/x")})).await;
+    let outcome = http_probe(&target.url("/ok"), json!({"call": "http", "url": target.url("/ok/x")})).await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result.as_ref().err());
     assert!(outcome.log.contains("http: status 200"), "{}", outcome.log);
     assert_eq!(target.hits.get("/ok/x"), 1);
@@ -130,7 +130,7 @@ async fn a_granted_url_is_reached() {
 async fn a_granted_name_resolving_to_loopback_is_refused() {
     let target = HttpTarget::start().await;
     let by_name = format!("http://localhost:{}/ok", target.addr.port());
-    let outcome = http_probe(&target, &by_name, json!({"call": "http", "url": by_name})).await;
+    let outcome = http_probe(&by_name, json!({"call": "http", "url": by_name})).await;
     let (_, message) = failure(&outcome);
     assert!(message.contains("denied") && message.contains("internal address"), "{message}");
     assert_eq!(target.hits.total(), 0);
@@ -140,7 +140,7 @@ async fn a_granted_name_resolving_to_loopback_is_refused() {
 async fn userinfo_in_the_url_is_refused() {
     let target = HttpTarget::start().await;
     let sneaky = format!("http://127.0.0.1:{}@localhost:{}/ok", target.addr.port(), target.addr.port());
-    let outcome = http_probe(&target, &target.url("/ok"), json!({"call": "http", "url": sneaky})).await;
+    let outcome = http_probe(&target.url("/ok"), json!({"call": "http", "url": sneaky})).await;
     let (_, message) = failure(&outcome);
     assert!(message.contains("denied") && message.contains("user:password@"), "{message}");
     assert_eq!(target.hits.total(), 0);
@@ -150,7 +150,7 @@ async fn userinfo_in_the_url_is_refused() {
 async fn dot_segments_cannot_leave_the_granted_prefix() {
     let target = HttpTarget::start().await;
     for url in [target.url("/ok/../other"), target.url("/ok/%2e%2e/other")] {
-        let outcome = http_probe(&target, &target.url("/ok"), json!({"call": "http", "url": url})).await;
+        let outcome = http_probe(&target.url("/ok"), json!({"call": "http", "url": url})).await;
         let (_, message) = failure(&outcome);
         assert!(message.contains("denied") && message.contains("/other"), "{url}: {message}");
     }
@@ -160,7 +160,7 @@ async fn dot_segments_cannot_leave_the_granted_prefix() {
 #[tokio::test]
 async fn a_prefix_matches_only_at_a_segment_boundary() {
     let target = HttpTarget::start().await;
-    let outcome = http_probe(&target, &target.url("/ok"), json!({"call": "http", "url": target.url("/okX")})).await;
+    let outcome = http_probe(&target.url("/ok"), json!({"call": "http", "url": target.url("/okX")})).await;
     let (_, message) = failure(&outcome);
     assert!(message.contains("denied"), "{message}");
     assert_eq!(target.hits.total(), 0);
@@ -170,7 +170,7 @@ async fn a_prefix_matches_only_at_a_segment_boundary() {
 async fn a_redirect_out_of_the_grant_is_not_followed() {
     let target = HttpTarget::start().await;
     let outcome =
-        http_probe(&target, &target.url("/ok"), json!({"call": "http", "url": target.url("/ok/redirect")})).await;
+        http_probe(&target.url("/ok"), json!({"call": "http", "url": target.url("/ok/redirect")})).await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result.as_ref().err());
     assert!(outcome.log.contains("http: status 302"), "the plugin sees the redirect itself: {}", outcome.log);
     assert_eq!(target.hits.get("/ok/redirect"), 1);
@@ -182,7 +182,7 @@ async fn host_and_proxy_headers_are_refused() {
     let target = HttpTarget::start().await;
     for header in ["Host", "proxy-authorization"] {
         let call = json!({"call": "http", "url": target.url("/ok"), "headers": [[header, "evil.example"]]});
-        let outcome = http_probe(&target, &target.url("/ok"), call).await;
+        let outcome = http_probe(&target.url("/ok"), call).await;
         let (_, message) = failure(&outcome);
         assert!(message.contains("denied") && message.contains(header), "{message}");
     }

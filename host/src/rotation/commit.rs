@@ -86,3 +86,37 @@ async fn run(store: Store, mut queue: mpsc::Receiver<Transition>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_store;
+
+    #[tokio::test]
+    async fn a_failing_transition_is_undone_alone_and_the_others_commit() {
+        let (_dir, store) = test_store();
+        let committer = Committer::start(store.clone());
+        let write = |key: &'static str, fail: bool| {
+            let c = committer.clone();
+            async move {
+                c.commit(move |tx, _| {
+                    tx.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [key])?;
+                    if fail { Err(Error::conflict("refused")) } else { Ok(key) }
+                })
+                .await
+            }
+        };
+        let (a, b, c) = tokio::join!(write("a", false), write("b", true), write("c", false));
+        assert_eq!((a.unwrap(), c.unwrap()), ("a", "c"));
+        assert_eq!(b.unwrap_err().kind, crate::error::Kind::Conflict);
+        let keys: Vec<String> = store
+            .read(|c, _| {
+                let mut s = c.prepare("SELECT key FROM meta WHERE key IN ('a', 'b', 'c') ORDER BY key")?;
+                let rows = s.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys, ["a", "c"]);
+    }
+}

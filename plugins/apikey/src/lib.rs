@@ -120,9 +120,10 @@ impl Vars<'_> {
             Some(rest) => Some(rest.strip_prefix('.').ok_or_else(unknown)?),
             None => return Err(unknown()),
         };
-        let credentials = self.credentials.as_deref().ok_or_else(|| {
-            StepError::fatal(format!("{{{{{name}}}}} needs `credentials_secret` in the params"))
-        })?;
+        let credentials = self
+            .credentials
+            .as_deref()
+            .ok_or_else(|| StepError::fatal(format!("{{{{{name}}}}} needs `credentials_secret` in the params")))?;
         let Some(path) = path else {
             return Ok(credentials.to_owned());
         };
@@ -166,11 +167,7 @@ impl RequestTemplate {
             Some(json) => {
                 let json = render_json(json, &format!("{what}.body"), &lookup)?;
                 let has_type = self.headers.keys().any(|h| h.eq_ignore_ascii_case("content-type"));
-                request = if has_type {
-                    request.body(json.to_string().into_bytes())
-                } else {
-                    request.json(&json)
-                };
+                request = if has_type { request.body(json.to_string().into_bytes()) } else { request.json(&json) };
             }
         }
         Ok(request)
@@ -178,10 +175,16 @@ impl RequestTemplate {
 }
 
 /// `value` with placeholders replaced inside its strings (serde escapes them).
-fn render_json(value: &Value, field: &str, lookup: &dyn Fn(&str) -> Result<String, StepError>) -> Result<Value, StepError> {
+fn render_json(
+    value: &Value,
+    field: &str,
+    lookup: &dyn Fn(&str) -> Result<String, StepError>,
+) -> Result<Value, StepError> {
     Ok(match value {
         Value::String(text) => Value::String(render(text, field, Escape::None, lookup)?),
-        Value::Array(items) => Value::Array(items.iter().map(|v| render_json(v, field, lookup)).collect::<Result<_, _>>()?),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| render_json(v, field, lookup)).collect::<Result<_, _>>()?)
+        }
         Value::Object(fields) => Value::Object(
             fields
                 .iter()

@@ -31,9 +31,9 @@ pub fn render(
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find("}}").ok_or_else(|| {
-            StepError::fatal(format!("{field}: a placeholder opened with {{{{ is never closed"))
-        })?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| StepError::fatal(format!("{field}: a placeholder opened with {{{{ is never closed")))?;
         let name = after[..end].trim();
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
             return Err(StepError::fatal(format!("{field}: {{{{{name}}}}} is not a placeholder name")));

@@ -51,12 +51,7 @@ impl PasswordDatabase for Mysql {
     /// MariaDB lets any user `SET PASSWORD` to a hash for itself; MySQL
     /// only takes a hash in `ALTER USER ... AS`, which needs the `CREATE
     /// USER` privilege even for one's own account.
-    fn set_own_password(
-        connection: &Connection,
-        _: &MysqlParams,
-        _: &str,
-        password: &str,
-    ) -> Result<(), StepError> {
+    fn set_own_password(connection: &Connection, _: &MysqlParams, _: &str, password: &str) -> Result<(), StepError> {
         let hash = native_password::hash(password);
         let statement = if is_mariadb(connection)? {
             format!("SET PASSWORD = '{hash}'")
@@ -125,12 +120,7 @@ fn account(username: &str, host: &str) -> String {
 
 fn is_mariadb(connection: &Connection) -> Result<bool, StepError> {
     let version = connection.query("SELECT VERSION()", &[])?;
-    Ok(version
-        .rows
-        .first()
-        .and_then(|row| row.first())
-        .and_then(text)
-        .is_some_and(|v| v.contains("MariaDB")))
+    Ok(version.rows.first().and_then(|row| row.first()).and_then(text).is_some_and(|v| v.contains("MariaDB")))
 }
 
 /// A text cell, whichever protocol the server answered in.

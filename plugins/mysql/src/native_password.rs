@@ -5,9 +5,9 @@
 //!
 //! Sending the hash instead of the password keeps the plaintext out of
 //! every statement, so out of the general and slow query logs, the binary
-//! log and `performance_schema`'s statement history. The hash is
-//! password-equivalent for this plugin's login protocol, so it is treated
-//! as a secret too (never logged).
+//! log and `performance_schema`'s statement history. The hash is still
+//! sensitive (with a captured login exchange it yields what a client
+//! proves it knows), so it is never logged either.
 
 use sha1::{Digest, Sha1};
 

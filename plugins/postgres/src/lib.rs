@@ -41,16 +41,8 @@ impl PasswordDatabase for Postgres {
         Self::set_password(connection, params, username, password)
     }
 
-    fn set_password(
-        connection: &Connection,
-        _: &NoParams,
-        username: &str,
-        password: &str,
-    ) -> Result<(), StepError> {
-        connection.execute(
-            &format!("ALTER ROLE {} PASSWORD {}", ident(username), verifier_literal(password)?),
-            &[],
-        )?;
+    fn set_password(connection: &Connection, _: &NoParams, username: &str, password: &str) -> Result<(), StepError> {
+        connection.execute(&format!("ALTER ROLE {} PASSWORD {}", ident(username), verifier_literal(password)?), &[])?;
         Ok(())
     }
 

@@ -29,8 +29,7 @@ pub fn verifier(password: &str) -> Result<String, StepError> {
         ));
     }
     let mut salt = [0u8; SALT_BYTES];
-    getrandom::fill(&mut salt)
-        .map_err(|e| StepError::retryable(format!("no randomness for the salt: {e}")))?;
+    getrandom::fill(&mut salt).map_err(|e| StepError::retryable(format!("no randomness for the salt: {e}")))?;
     verifier_with_salt(password.as_bytes(), &salt)
 }
 
@@ -50,8 +49,7 @@ fn verifier_with_salt(password: &[u8], salt: &[u8]) -> Result<String, StepError>
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Result<[u8; 32], StepError> {
     // HMAC takes keys of any length; the error exists only in the type.
-    let mut mac = Hmac::<Sha256>::new_from_slice(key)
-        .map_err(|_| StepError::fatal("HMAC-SHA-256 refused its key"))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| StepError::fatal("HMAC-SHA-256 refused its key"))?;
     mac.update(message);
     Ok(mac.finalize().into_bytes().into())
 }

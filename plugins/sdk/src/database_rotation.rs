@@ -78,11 +78,7 @@ pub trait PasswordDatabase {
     ) -> Result<(), StepError>;
 
     /// Whether the user `username` exists.
-    fn user_exists(
-        connection: &Connection,
-        params: &Self::Params,
-        username: &str,
-    ) -> Result<bool, StepError>;
+    fn user_exists(connection: &Connection, params: &Self::Params, username: &str) -> Result<bool, StepError>;
 
     /// As an admin: makes `username` exist with the privileges of
     /// `template` and the password `password`. Runs in every
@@ -144,10 +140,7 @@ pub struct DatabaseParams<E> {
 }
 
 fn default_password_options() -> PasswordOptions {
-    PasswordOptions {
-        exclude_characters: DEFAULT_EXCLUDED_CHARACTERS.into(),
-        ..PasswordOptions::default()
-    }
+    PasswordOptions { exclude_characters: DEFAULT_EXCLUDED_CHARACTERS.into(), ..PasswordOptions::default() }
 }
 
 impl<E: DeserializeOwned> DatabaseParams<E> {
@@ -166,10 +159,7 @@ impl<E: DeserializeOwned> DatabaseParams<E> {
 
     /// The admin's credentials (checked present by [`Self::of`]).
     fn admin(&self) -> Result<SecretRef, StepError> {
-        self.admin_secret
-            .clone()
-            .map(SecretRef::Named)
-            .ok_or_else(|| StepError::fatal("`admin_secret` is not set"))
+        self.admin_secret.clone().map(SecretRef::Named).ok_or_else(|| StepError::fatal("`admin_secret` is not set"))
     }
 }
 
@@ -225,10 +215,7 @@ pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
     let params = DatabaseParams::<D::Params>::of(input)?;
     let pending = secret_of::<D>(input.pending_version()?)?;
     if logs_in::<D>(&pending, &params, SecretRef::Pending)? {
-        log::info(format_args!(
-            "set: user {:?} already logs in with the pending password",
-            pending.username
-        ));
+        log::info(format_args!("set: user {:?} already logs in with the pending password", pending.username));
         return Ok(());
     }
     let current = secret_of::<D>(input.current_version()?)?;
@@ -246,19 +233,10 @@ pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
         }
         Strategy::AlternatingUsers => {
             let connection = connect::<D>(&pending, &params, params.admin()?)?;
-            D::provision_user(
-                &connection,
-                &params.engine,
-                &pending.username,
-                &current.username,
-                &pending.password,
-            )?;
+            D::provision_user(&connection, &params.engine, &pending.username, &current.username, &pending.password)?;
         }
     }
-    log::info(format_args!(
-        "set: user {:?} now has the pending password",
-        pending.username
-    ));
+    log::info(format_args!("set: user {:?} now has the pending password", pending.username));
     Ok(())
 }
 
@@ -268,10 +246,7 @@ pub fn test<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
     let pending = secret_of::<D>(input.pending_version()?)?;
     let connection = connect::<D>(&pending, &params, SecretRef::Pending)?;
     connection.query("SELECT 1", &[])?;
-    log::info(format_args!(
-        "test: user {:?} logs in with the pending password",
-        pending.username
-    ));
+    log::info(format_args!("test: user {:?} logs in with the pending password", pending.username));
     Ok(())
 }
 
@@ -312,9 +287,7 @@ pub fn finish<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
         // rotation gives it a password again.
         let unknown = generate_password(&PasswordOptions::alphanumeric(64))?;
         D::set_password(&connection, &params.engine, &username, &unknown)?;
-        log::warn(format_args!(
-            "finish: emergency: user {username:?} got a password nobody holds"
-        ));
+        log::warn(format_args!("finish: emergency: user {username:?} got a password nobody holds"));
     }
     Ok(())
 }
@@ -354,9 +327,7 @@ fn connect_options<D: PasswordDatabase>(
     params: &DatabaseParams<D::Params>,
     who: SecretRef,
 ) -> Result<ConnectOptions, StepError> {
-    let mut options = secret
-        .connect_options(Credentials::FromSecret(who))?
-        .tls(params.tls.into());
+    let mut options = secret.connect_options(Credentials::FromSecret(who))?.tls(params.tls.into());
     if options.database.is_none() {
         options.database = D::DEFAULT_DATABASE.map(str::to_owned);
     }
@@ -402,9 +373,7 @@ fn other_users<'a>(input: &'a StepInput, live: &str) -> (Vec<String>, Vec<&'a st
     let versions = input.stale_versions().into_iter().chain(input.previous.as_ref());
     for version in versions {
         match DatabaseSecret::parse(&version.value) {
-            Ok(secret) if secret.username != live && !users.contains(&secret.username) => {
-                users.push(secret.username)
-            }
+            Ok(secret) if secret.username != live && !users.contains(&secret.username) => users.push(secret.username),
             Ok(_) => {}
             Err(_) => skipped.push(&version.id),
         }
@@ -467,8 +436,7 @@ mod tests {
 
     #[test]
     fn alternating_users_without_an_admin_secret_is_fatal() {
-        let error = DatabaseParams::<EngineParams>::of(&input(json!({"strategy": "alternating-users"})))
-            .unwrap_err();
+        let error = DatabaseParams::<EngineParams>::of(&input(json!({"strategy": "alternating-users"}))).unwrap_err();
         assert!(!error.is_retryable() && error.message().contains("admin_secret"));
         assert!(DatabaseParams::<EngineParams>::of(&input(json!({"strategy": "both"}))).is_err());
         assert!(DatabaseParams::<EngineParams>::of(&input(json!({"password": {"lenght": 3}}))).is_err());
@@ -489,8 +457,7 @@ mod tests {
     fn version(id: &str, username: &str) -> Version {
         Version {
             id: id.into(),
-            value: json!({"engine": "postgres", "host": "h", "username": username, "password": "p"})
-                .to_string(),
+            value: json!({"engine": "postgres", "host": "h", "username": username, "password": "p"}).to_string(),
         }
     }
 

@@ -59,9 +59,10 @@ fn fields(version: &Version) -> Result<Map<String, Value>, StepError> {
 
 fn target(version: &Version) -> Result<Target, StepError> {
     let fields = fields(version)?;
-    let host = fields.get("host").and_then(Value::as_str).ok_or_else(|| {
-        StepError::fatal(format!("version {} has no text field \"host\"", version.id))
-    })?;
+    let host = fields
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| StepError::fatal(format!("version {} has no text field \"host\"", version.id)))?;
     let port = match fields.get("port") {
         None | Some(Value::Null) => 22,
         Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()).unwrap_or(0),
@@ -225,10 +226,7 @@ impl Rotator for Ssh {
     fn test(input: &StepInput) -> Result<(), StepError> {
         let target = target(input.pending_version()?)?;
         if !logs_in(&target, SecretRef::Pending)? {
-            return Err(StepError::retryable(format!(
-                "{}:{} refuses the new key",
-                target.host, target.port
-            )));
+            return Err(StepError::retryable(format!("{}:{} refuses the new key", target.host, target.port)));
         }
         log::info("test: logged in with the new key");
         Ok(())
@@ -236,9 +234,11 @@ impl Rotator for Ssh {
 
     fn finish(input: &StepInput) -> Result<(), StepError> {
         let params: Params = input.params()?;
-        let live = input.pending.as_ref().or(input.current.as_ref()).ok_or_else(|| {
-            StepError::fatal("finish was given neither a pending nor a current version")
-        })?;
+        let live = input
+            .pending
+            .as_ref()
+            .or(input.current.as_ref())
+            .ok_or_else(|| StepError::fatal("finish was given neither a pending nor a current version"))?;
         let keep = key_blob(live)?;
         let mut drop: Vec<String> = Vec::new();
         for version in input.stale_versions() {
