@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Crates in `plugins/` shipped inside the binary, by registered name.
-const BUILTINS: &[(&str, &str)] = &[("noop", "noop"), ("postgres", "postgres"), ("mysql", "mysql"), ("ssh", "ssh"), ("apikey", "apikey")];
+const BUILTINS: &[(&str, &str)] =
+    &[("noop", "noop"), ("postgres", "postgres"), ("mysql", "mysql"), ("ssh", "ssh"), ("apikey", "apikey")];
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {

@@ -54,10 +54,8 @@ impl MasterKey {
 
     /// Parses the text form (what the key file and `TUMBLER_MASTER_KEY` hold).
     pub fn parse(text: &str) -> Result<Self, CryptoError> {
-        let decoded = Zeroizing::new(
-            B64.decode(text.trim())
-                .map_err(|_| CryptoError::BadMasterKey("not valid base64"))?,
-        );
+        let decoded =
+            Zeroizing::new(B64.decode(text.trim()).map_err(|_| CryptoError::BadMasterKey("not valid base64"))?);
         if decoded.len() != 32 {
             return Err(CryptoError::BadMasterKey("wrong length"));
         }

@@ -65,11 +65,7 @@ fn read_key_file(path: &Path) -> anyhow::Result<MasterKey> {
     let meta = fs::metadata(path).with_context(|| format!("reading key file {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
-            "key file {} has mode {mode:o}, readable by others; run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
+        bail!("key file {} has mode {mode:o}, readable by others; run `chmod 600 {}`", path.display(), path.display());
     }
     let text = Zeroizing::new(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
     MasterKey::parse(&text).with_context(|| format!("key file {}", path.display()))
@@ -82,11 +78,7 @@ pub enum KeySource {
 }
 
 impl KeySource {
-    pub fn choose(
-        data_dir: &Path,
-        key_file: Option<PathBuf>,
-        env: Option<Zeroizing<String>>,
-    ) -> anyhow::Result<Self> {
+    pub fn choose(data_dir: &Path, key_file: Option<PathBuf>, env: Option<Zeroizing<String>>) -> anyhow::Result<Self> {
         Ok(match (key_file, env) {
             (Some(path), _) => KeySource::File(path),
             (None, Some(text)) => KeySource::Env(text),
@@ -135,7 +127,9 @@ fn pending_path(path: &Path) -> PathBuf {
 /// point leaves a key that opens the store.
 pub fn rotate_master_key(data_dir: &Path, source: &KeySource) -> anyhow::Result<String> {
     let KeySource::File(path) = source else {
-        bail!("rotate-master-key writes the new key to a file: pass --key-file (the key from {ENV_MASTER_KEY} is not rewritten in place)");
+        bail!(
+            "rotate-master-key writes the new key to a file: pass --key-file (the key from {ENV_MASTER_KEY} is not rewritten in place)"
+        );
     };
     let _lock = DataDirLock::acquire(data_dir, "rotate the master key")?;
     let old = source.load(data_dir)?;

@@ -67,15 +67,12 @@ impl Label {
     pub const PENDING: &'static str = "pending";
 
     pub fn parse(raw: &str) -> Result<Self, Error> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 64
-            && raw.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        let ok =
+            !raw.is_empty() && raw.len() <= 64 && raw.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if ok {
             Ok(Label(raw.to_owned()))
         } else {
-            Err(Error::invalid(format!(
-                "label {raw:?} is not valid; use 1-64 characters from [A-Za-z0-9_.-]"
-            )))
+            Err(Error::invalid(format!("label {raw:?} is not valid; use 1-64 characters from [A-Za-z0-9_.-]")))
         }
     }
 
@@ -109,8 +106,7 @@ impl SecretValue {
     }
 
     pub fn from_plaintext(bytes: Zeroizing<Vec<u8>>) -> Result<Self, Error> {
-        let text = String::from_utf8(bytes.to_vec())
-            .map_err(|_| Error::internal("stored value is not UTF-8"))?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| Error::internal("stored value is not UTF-8"))?;
         Ok(SecretValue(Zeroizing::new(text)))
     }
 
@@ -206,10 +202,7 @@ impl RecoveryDays {
 }
 
 pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// RFC 3339 UTC with milliseconds, as every time in the API is written.

@@ -130,7 +130,8 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
         ..rotation::Settings::default()
     }
     .with_retry(args.rotation_retry_base, args.rotation_retry_max);
-    let rotation = rotation::Engine::start(running.store.clone(), audit.clone(), plugins.clone(), alerts, settings).await?;
+    let rotation =
+        rotation::Engine::start(running.store.clone(), audit.clone(), plugins.clone(), alerts, settings).await?;
 
     let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     listener.set_nonblocking(true)?;
@@ -189,7 +190,10 @@ async fn open_dev(root_token: Option<&str>) -> anyhow::Result<Running> {
                 .token,
         ),
     };
-    println!("tumbler dev server: throwaway store in {} (deleted on exit); do not use it for real secrets", dir.path().display());
+    println!(
+        "tumbler dev server: throwaway store in {} (deleted on exit); do not use it for real secrets",
+        dir.path().display()
+    );
     if let Some(token) = token {
         println!("root token: {token}");
     }

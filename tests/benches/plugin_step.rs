@@ -58,8 +58,12 @@ fn main() {
         let cached = warm_runtime.load(&sha, wasm.clone()).await.expect("cached load");
         let warm = t.elapsed();
         assert!(cached.from_cache);
-        println!("noop load: cold compile {:.1} ms, from the compiled cache {:.1} ms ({:.0}x faster)",
-            cold.as_secs_f64() * 1e3, warm.as_secs_f64() * 1e3, cold.as_secs_f64() / warm.as_secs_f64());
+        println!(
+            "noop load: cold compile {:.1} ms, from the compiled cache {:.1} ms ({:.0}x faster)",
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3,
+            cold.as_secs_f64() / warm.as_secs_f64()
+        );
 
         let mut plugin_samples = Vec::with_capacity(ITERATIONS);
         for _ in 0..ITERATIONS {
@@ -76,7 +80,9 @@ fn main() {
         }
         let step = report("noop create (instantiate + call, fresh store)", plugin_samples);
         let native = report("the same work natively", native_samples);
-        println!("per-step plugin overhead (median): {:.1} µs (target <= 100 µs)",
-            (step.saturating_sub(native)).as_secs_f64() * 1e6);
+        println!(
+            "per-step plugin overhead (median): {:.1} µs (target <= 100 µs)",
+            (step.saturating_sub(native)).as_secs_f64() * 1e6
+        );
     });
 }

@@ -32,7 +32,8 @@ fn wrk(url: &str, token: Option<&str>, connections: u32) -> Figure {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("Non-2xx"), "errors under load:\n{text}");
     let field = |prefix: &str| -> f64 {
-        let line = text.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in\n{text}"));
+        let line =
+            text.lines().find(|l| l.trim_start().starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in\n{text}"));
         parse_value(line.trim_start().trim_start_matches(prefix).split_whitespace().next().unwrap_or(""))
     };
     Figure { rps: field("Requests/sec:"), p50_ms: field("50%"), p99_ms: field("99%") }
@@ -79,14 +80,22 @@ fn main() {
             .expect("body")
     });
     let bare_url = rt.block_on(async {
-        let app = Router::new().route("/value", get(move || { let body = body.clone(); async move { body } }));
+        let app = Router::new().route(
+            "/value",
+            get(move || {
+                let body = body.clone();
+                async move { body }
+            }),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await.ok() });
         format!("http://{addr}/value")
     });
 
-    println!("| connections | tumbler reads/s (min-max) | p50 | p99 | bare axum reads/s (min-max) | p50 | p99 | ratio |");
+    println!(
+        "| connections | tumbler reads/s (min-max) | p50 | p99 | bare axum reads/s (min-max) | p50 | p99 | ratio |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for c in CONNECTIONS {
         let mut ours = Vec::new();
@@ -100,7 +109,13 @@ fn main() {
         let (b, bmin, bmax) = median_of(bare);
         println!(
             "| {c} | {:.0} ({omin:.0}-{omax:.0}) | {:.2} ms | {:.2} ms | {:.0} ({bmin:.0}-{bmax:.0}) | {:.2} ms | {:.2} ms | {:.2} |",
-            o.rps, o.p50_ms, o.p99_ms, b.rps, b.p50_ms, b.p99_ms, o.rps / b.rps
+            o.rps,
+            o.p50_ms,
+            o.p99_ms,
+            b.rps,
+            b.p50_ms,
+            b.p99_ms,
+            o.rps / b.rps
         );
         if c == 32 {
             println!("read ratio: {:.2}", o.rps / b.rps);

@@ -76,8 +76,15 @@ async fn populate(store: &Store, registry: &Registry, n: usize, schedule: &str) 
             .write(move |tx, keys| {
                 for i in batch * 5_000..((batch + 1) * 5_000).min(n) {
                     let name = SecretName::parse(&format!("bench/s{i:06}"))?;
-                    let value = SecretValue::parse(Zeroizing::new(format!(r#"{{"username":"u{i}","password":"p{i}"}}"#)))?;
-                    let new = NewSecret { name: name.clone(), value, description: String::new(), tags: Tags::new(), client_token: None };
+                    let value =
+                        SecretValue::parse(Zeroizing::new(format!(r#"{{"username":"u{i}","password":"p{i}"}}"#)))?;
+                    let new = NewSecret {
+                        name: name.clone(),
+                        value,
+                        description: String::new(),
+                        tags: Tags::new(),
+                        client_token: None,
+                    };
                     secrets::create(tx, keys, new)?;
                     config::put(tx, &name, &config)?;
                 }
@@ -169,7 +176,8 @@ async fn idle_parent(n: usize) {
         .expect("spawn idle child");
     // The child prints a line once its engine runs.
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line).expect("child ready");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut line)
+        .expect("child ready");
     let pid = child.id();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (cpu0, wall0) = (cpu_ticks(pid), Instant::now());

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 enum Rule {
     Closed,
     /// This many answers with `status`, then 200.
-    Fail { left: u32, status: u16 },
+    Fail {
+        left: u32,
+        status: u16,
+    },
 }
 
 #[derive(Default)]

@@ -42,10 +42,7 @@ const PASSED_THROUGH_ENV: &str = "TUMBLER_LOG";
 
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate lives inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate lives inside the workspace").to_path_buf()
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace
@@ -82,12 +79,7 @@ fn build_tumbler(release: bool) -> PathBuf {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build tumbler: {e}"));
     if !output.status.success() {
-        panic!(
-            "`cargo {}` failed ({}):\n{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        panic!("`cargo {}` failed ({}):\n{}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr));
     }
     let bin = target.join(profile).join("tumbler");
     assert!(bin.is_file(), "cargo build succeeded but {} does not exist", bin.display());
@@ -152,10 +144,7 @@ fn spawn(mut cmd: Command) -> Child {
     let description = format!("{cmd:?}");
     let (reply_tx, reply_rx) = mpsc::channel();
     spawner.send((cmd, reply_tx)).expect("spawner thread is alive");
-    reply_rx
-        .recv()
-        .expect("spawner thread replies")
-        .unwrap_or_else(|e| panic!("cannot spawn {description}: {e}"))
+    reply_rx.recv().expect("spawner thread replies").unwrap_or_else(|e| panic!("cannot spawn {description}: {e}"))
 }
 
 fn send_signal(child: &Child, signal: libc::c_int) {
@@ -196,11 +185,7 @@ impl Captured {
 }
 
 /// Drains `pipe` line by line into `sink`, also sending each line to `lines`.
-fn drain<R: Read + Send + 'static>(
-    pipe: R,
-    sink: Captured,
-    lines: Option<mpsc::Sender<String>>,
-) -> JoinHandle<()> {
+fn drain<R: Read + Send + 'static>(pipe: R, sink: Captured, lines: Option<mpsc::Sender<String>>) -> JoinHandle<()> {
     thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
@@ -241,8 +226,7 @@ impl CmdOutput {
     /// stdout parsed as JSON.
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     /// stdout and stderr together, lower-cased, for searching messages.
@@ -253,11 +237,7 @@ impl CmdOutput {
 
 impl std::fmt::Debug for CmdOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status, self.stdout, self.stderr
-        )
+        write!(f, "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.stdout, self.stderr)
     }
 }
 
@@ -339,10 +319,7 @@ pub fn run_init(cmd: Command) -> InitOutput {
     out.assert_success();
     let json = out.json();
     let field = |name: &str| {
-        json[name]
-            .as_str()
-            .unwrap_or_else(|| panic!("init output lacks string field {name:?}: {json}"))
-            .to_string()
+        json[name].as_str().unwrap_or_else(|| panic!("init output lacks string field {name:?}: {json}")).to_string()
     };
     InitOutput {
         root_token: field("root_token"),
@@ -418,8 +395,7 @@ impl Server {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        Server::spawn(serve_command(args))
-            .unwrap_or_else(|exited| panic!("server exited during startup: {exited:?}"))
+        Server::spawn(serve_command(args)).unwrap_or_else(|exited| panic!("server exited during startup: {exited:?}"))
     }
 
     /// Spawns a serve command and waits for its `listening on URL` line.
@@ -453,12 +429,7 @@ impl Server {
                     if let Some(status) = wait_timeout(&mut child, left) {
                         let after = started.elapsed();
                         let _ = err_reader.join();
-                        return Err(Exited {
-                            status,
-                            stdout: stdout.text(),
-                            stderr: stderr.text(),
-                            after,
-                        });
+                        return Err(Exited { status, stdout: stdout.text(), stderr: stderr.text(), after });
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -527,10 +498,7 @@ impl Server {
             }
             None => {
                 self.kill();
-                panic!(
-                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n--- stderr ---\n{}",
-                    self.stderr()
-                );
+                panic!("server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n--- stderr ---\n{}", self.stderr());
             }
         }
     }
@@ -594,12 +562,7 @@ impl Instance {
 
     /// `--data-dir D --key-file K` for this store.
     pub fn store_args(&self) -> Vec<OsString> {
-        vec![
-            "--data-dir".into(),
-            self.data_dir.clone().into(),
-            "--key-file".into(),
-            self.key_file.clone().into(),
-        ]
+        vec!["--data-dir".into(), self.data_dir.clone().into(), "--key-file".into(), self.key_file.clone().into()]
     }
 
     /// Starts the server on this store.
@@ -679,20 +642,13 @@ pub struct Client {
 
 impl Client {
     pub fn new(base_url: &str, token: Option<&str>) -> Client {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("build HTTP client");
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("build HTTP client");
         Client::with_http(http, base_url, token)
     }
 
     /// A client over a custom `reqwest::Client` (e.g. trusting a test CA).
     pub fn with_http(http: reqwest::Client, base_url: &str, token: Option<&str>) -> Client {
-        Client {
-            http,
-            base: base_url.trim_end_matches('/').to_string(),
-            token: token.map(str::to_string),
-        }
+        Client { http, base: base_url.trim_end_matches('/').to_string(), token: token.map(str::to_string) }
     }
 
     /// The same server, another token.
@@ -734,15 +690,9 @@ impl Client {
         if let Some((content_type, bytes)) = body {
             request = request.header(reqwest::header::CONTENT_TYPE, content_type).body(bytes);
         }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
+        let response = request.send().await.unwrap_or_else(|e| panic!("{method} {url} failed: {e:?}"));
         let status = response.status().as_u16();
-        let bytes = response
-            .bytes()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"));
+        let bytes = response.bytes().await.unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"));
         (status, parse_body(&bytes))
     }
 
@@ -772,9 +722,8 @@ impl Client {
              Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let mut stream = tokio::net::TcpStream::connect((host, port))
-            .await
-            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        let mut stream =
+            tokio::net::TcpStream::connect((host, port)).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"));
         stream.write_all(head.as_bytes()).await.expect("send request head");
 
         let mut received = Vec::new();
@@ -850,8 +799,7 @@ impl Client {
 
     /// `GET NAME:value?version_id=ID`.
     pub async fn read_version(&self, name: &str, version_id: &str) -> Reply {
-        self.get_query(&format!("{}:value", secret_path(name)), &[("version_id", version_id)])
-            .await
+        self.get_query(&format!("{}:value", secret_path(name)), &[("version_id", version_id)]).await
     }
 
     /// `GET NAME` (describe).
@@ -863,10 +811,7 @@ impl Client {
     pub async fn versions(&self, name: &str) -> Vec<Value> {
         let reply = self.get(&format!("{}:versions", secret_path(name))).await;
         assert_eq!(reply.0, 200, "versions of {name}: {reply:?}");
-        reply.1["versions"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no versions array: {reply:?}"))
-            .clone()
+        reply.1["versions"].as_array().unwrap_or_else(|| panic!("no versions array: {reply:?}")).clone()
     }
 
     /// `GET /v1/secrets` with query pairs.
@@ -916,9 +861,8 @@ impl Client {
     pub async fn create_token(&self, name: &str, policies: &[&str], ttl: &str) -> Token {
         let reply = self.try_create_token(name, policies, ttl).await;
         assert!(matches!(reply.0, 200 | 201), "create token {name}: {reply:?}");
-        let field = |f: &str| {
-            reply.1[f].as_str().unwrap_or_else(|| panic!("token reply lacks {f}: {reply:?}")).to_string()
-        };
+        let field =
+            |f: &str| reply.1[f].as_str().unwrap_or_else(|| panic!("token reply lacks {f}: {reply:?}")).to_string();
         Token { token: field("token"), id: field("id"), expires_at: field("expires_at") }
     }
 }
@@ -928,8 +872,7 @@ fn parse_body(bytes: &[u8]) -> Value {
     if bytes.is_empty() {
         return Value::Null;
     }
-    serde_json::from_slice(bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Reads from `stream` into `buf` until it holds a complete response head;
@@ -966,10 +909,7 @@ pub fn secret_path(name: &str) -> String {
 /// The `version_id` of a create / new-version reply.
 #[track_caller]
 pub fn version_id_of(reply: &Reply) -> String {
-    reply.1["version_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("reply has no version_id: {reply:?}"))
-        .to_string()
+    reply.1["version_id"].as_str().unwrap_or_else(|| panic!("reply has no version_id: {reply:?}")).to_string()
 }
 
 /// The names in a list reply body.
@@ -1009,8 +949,7 @@ pub fn dir_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()));
         for entry in entries {
             let path = entry.expect("dir entry").path();
             let kind = std::fs::symlink_metadata(&path).expect("stat").file_type();
@@ -1031,19 +970,14 @@ pub fn dir_contents(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// `len` random bytes from the kernel.
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut bytes = vec![0; len];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("read /dev/urandom");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
     bytes
 }
 
 /// A random string of `len` characters from `[A-Za-z0-9]`.
 pub fn random_string(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    random_bytes(len)
-        .into_iter()
-        .map(|b| ALPHABET[b as usize % ALPHABET.len()] as char)
-        .collect()
+    random_bytes(len).into_iter().map(|b| ALPHABET[b as usize % ALPHABET.len()] as char).collect()
 }
 
 /// Whether `needle` occurs in `haystack`.
@@ -1058,10 +992,7 @@ mod tests {
     #[test]
     fn parses_listening_lines() {
         assert_eq!(parse_listening("listening on http://127.0.0.1:8200"), Some("http://127.0.0.1:8200"));
-        assert_eq!(
-            parse_listening(r#"{"msg":"listening on https://127.0.0.1:1 tls"}"#),
-            Some("https://127.0.0.1:1")
-        );
+        assert_eq!(parse_listening(r#"{"msg":"listening on https://127.0.0.1:1 tls"}"#), Some("https://127.0.0.1:1"));
         assert_eq!(parse_listening("starting"), None);
     }
 

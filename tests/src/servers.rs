@@ -12,9 +12,7 @@
 //! let sshd = Sshd::start(&ssh_keypair("test").public_key);
 //! ```
 
-use super::{
-    CmdOutput, STARTUP_TIMEOUT, STOP_TIMEOUT, random_string, run, send_signal, spawn, wait_timeout,
-};
+use super::{CmdOutput, STARTUP_TIMEOUT, STOP_TIMEOUT, random_string, run, send_signal, spawn, wait_timeout};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
@@ -43,10 +41,7 @@ fn user_ids(name: &str) -> (u32, u32) {
     let c_name = CString::new(name).expect("user name has no NUL");
     // SAFETY: getpwnam returns a pointer to static storage or null; read at once.
     let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
-    assert!(
-        !entry.is_null(),
-        "there is no {name:?} user (is the server package installed?)"
-    );
+    assert!(!entry.is_null(), "there is no {name:?} user (is the server package installed?)");
     // SAFETY: non-null pointer from getpwnam.
     unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
 }
@@ -57,21 +52,15 @@ pub fn current_user() -> String {
     let entry = unsafe { libc::getpwuid(libc::geteuid()) };
     assert!(!entry.is_null(), "the current uid has no passwd entry");
     // SAFETY: pw_name is a NUL-terminated string in that storage.
-    unsafe { std::ffi::CStr::from_ptr((*entry).pw_name) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { std::ffi::CStr::from_ptr((*entry).pw_name) }.to_string_lossy().into_owned()
 }
 
 fn chown(path: &Path, (uid, gid): (u32, u32)) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("create a temp dir")
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temp dir")
 }
 
 /// The first of `candidates` that exists, else `name` on `PATH`.
@@ -99,22 +88,11 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(
-        name: &'static str,
-        mut cmd: Command,
-        log: PathBuf,
-        stop_signal: libc::c_int,
-    ) -> Daemon {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf, stop_signal: libc::c_int) -> Daemon {
         let out = File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log file handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        Daemon {
-            name,
-            child: spawn(cmd),
-            log,
-            stop_signal,
-            stopped: false,
-        }
+        Daemon { name, child: spawn(cmd), log, stop_signal, stopped: false }
     }
 
     /// Polls `ready` until it says yes; panics with the log if the server
@@ -126,27 +104,17 @@ impl Daemon {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited during startup ({status})\n--- log ---\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                panic!("{} exited during startup ({status})\n--- log ---\n{}", self.name, self.log_text());
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "{} not ready within {STARTUP_TIMEOUT:?}\n--- log ---\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                panic!("{} not ready within {STARTUP_TIMEOUT:?}\n--- log ---\n{}", self.name, self.log_text());
             }
             thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn log_text(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// Sends `stop_signal`, then SIGKILL if the server lingers, and reaps it.
@@ -182,14 +150,12 @@ fn expect_success(what: &str, out: CmdOutput) -> String {
 /// `dir` as `server.crt` and `server.key` (mode 0600, as servers insist).
 fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("generate a self-signed certificate");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("generate a self-signed certificate");
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     std::fs::write(&cert, certified.cert.pem()).expect("write server.crt");
     std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write server.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-        .expect("chmod server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod server.key");
     (cert, key)
 }
 
@@ -236,32 +202,21 @@ impl PgServer {
             "-c",
             "fsync=off",
         ]);
-        server
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", self.dir.display()));
+        server.arg("-c").arg(format!("unix_socket_directories={}", self.dir.display()));
         for setting in &self.settings {
             server.args(["-c", setting]);
         }
         if let Some((cert, key)) = &self.tls {
             server.args(["-c", "ssl=on"]);
-            server
-                .arg("-c")
-                .arg(format!("ssl_cert_file={}", cert.display()));
-            server
-                .arg("-c")
-                .arg(format!("ssl_key_file={}", key.display()));
+            server.arg("-c").arg(format!("ssl_cert_file={}", cert.display()));
+            server.arg("-c").arg(format!("ssl_key_file={}", key.display()));
         }
         server.current_dir(&self.dir);
         if let Some((uid, gid)) = self.owner {
             server.uid(uid).gid(gid);
         }
         // SIGINT: PostgreSQL's fast shutdown. Each run starts the log afresh.
-        let mut daemon = Daemon::spawn(
-            "postgres",
-            server,
-            self.dir.join("server.log"),
-            libc::SIGINT,
-        );
+        let mut daemon = Daemon::spawn("postgres", server, self.dir.join("server.log"), libc::SIGINT);
         let isready = self.bin.join("pg_isready");
         let port = self.port;
         daemon.wait_ready(|| {
@@ -345,15 +300,7 @@ impl Postgres {
             server.tls = Some((cert, key));
         }
         let daemon = server.spawn();
-        Postgres {
-            port,
-            superuser,
-            password,
-            bin,
-            server,
-            daemon,
-            dir,
-        }
+        Postgres { port, superuser, password, bin, server, daemon, dir }
     }
 
     /// Stops the server (fast shutdown), keeping its data, as a target
@@ -376,31 +323,17 @@ impl Postgres {
     /// Runs `sql` as the superuser in database `postgres`; returns the
     /// unaligned, tuples-only output. Panics if it fails.
     pub fn psql(&self, sql: &str) -> String {
-        expect_success(
-            &format!("psql {sql:?}"),
-            self.psql_as(&self.superuser, &self.password, "postgres", sql),
-        )
+        expect_success(&format!("psql {sql:?}"), self.psql_as(&self.superuser, &self.password, "postgres", sql))
     }
 
     /// Runs `sql` logged in as `user` with `password` over TCP, so a test
     /// can check that a credential works (or is refused).
     pub fn psql_as(&self, user: &str, password: &str, database: &str, sql: &str) -> CmdOutput {
         let mut cmd = Command::new(self.bin.join("psql"));
-        cmd.args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-        ])
-        .args(["-U", user, "-d", database, "-c", sql])
-        .env("PGPASSWORD", password)
-        .env("PGCONNECT_TIMEOUT", "10");
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", user, "-d", database, "-c", sql])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10");
         run(cmd, None)
     }
 
@@ -428,10 +361,7 @@ fn postgres_bin_dir() -> PathBuf {
         return bin;
     }
     let initdb = find_binary("initdb", &[], "postgresql");
-    initdb
-        .parent()
-        .expect("initdb has a directory")
-        .to_path_buf()
+    initdb.parent().expect("initdb has a directory").to_path_buf()
 }
 
 // ---------------------------------------------------------------------------
@@ -464,10 +394,7 @@ impl Mariadb {
     fn launch(tls: bool) -> Mariadb {
         let server_bin = find_binary(
             "mariadbd",
-            &[
-                PathBuf::from("/usr/sbin/mariadbd"),
-                PathBuf::from("/usr/sbin/mysqld"),
-            ],
+            &[PathBuf::from("/usr/sbin/mariadbd"), PathBuf::from("/usr/sbin/mysqld")],
             "mariadb-server",
         );
         let install_db = find_binary("mariadb-install-db", &[], "mariadb-server");
@@ -483,11 +410,7 @@ impl Mariadb {
         std::fs::create_dir(&tmp).expect("create the server's tmpdir");
         let mut install = Command::new(install_db);
         install
-            .args([
-                "--no-defaults",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-            ])
+            .args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--tmpdir={}", tmp.display()))
             .args(run_as)
@@ -497,51 +420,26 @@ impl Mariadb {
         let port = free_port();
         let mut server = Command::new(server_bin);
         server
-            .args([
-                "--no-defaults",
-                "--bind-address=127.0.0.1",
-                "--skip-name-resolve",
-                "--innodb-buffer-pool-size=16M",
-            ])
+            .args(["--no-defaults", "--bind-address=127.0.0.1", "--skip-name-resolve", "--innodb-buffer-pool-size=16M"])
             // Without a config file the default would be latin1.
-            .args([
-                "--character-set-server=utf8mb4",
-                "--collation-server=utf8mb4_unicode_ci",
-            ])
+            .args(["--character-set-server=utf8mb4", "--collation-server=utf8mb4_unicode_ci"])
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", socket.display()))
-            .arg(format!(
-                "--pid-file={}",
-                dir.path().join("mariadbd.pid").display()
-            ))
+            .arg(format!("--pid-file={}", dir.path().join("mariadbd.pid").display()))
             .arg(format!("--port={port}"))
             .args(run_as)
             .current_dir(dir.path());
         if tls {
             let (cert, key) = self_signed_certificate(dir.path());
-            server
-                .arg(format!("--ssl-cert={}", cert.display()))
-                .arg(format!("--ssl-key={}", key.display()));
+            server.arg(format!("--ssl-cert={}", cert.display())).arg(format!("--ssl-key={}", key.display()));
         }
-        let mut daemon = Daemon::spawn(
-            "mariadbd",
-            server,
-            dir.path().join("server.log"),
-            libc::SIGTERM,
-        );
+        let mut daemon = Daemon::spawn("mariadbd", server, dir.path().join("server.log"), libc::SIGTERM);
         daemon.wait_ready(|| tcp_accepts(port) && socket.exists());
 
         let superuser = "tumbler_admin".to_owned();
         let password = random_string(24);
-        let db = Mariadb {
-            port,
-            superuser,
-            password,
-            socket,
-            daemon,
-            dir,
-        };
+        let db = Mariadb { port, superuser, password, socket, daemon, dir };
         db.sql(&format!(
             "CREATE USER '{0}'@'%' IDENTIFIED BY '{1}'; GRANT ALL ON *.* TO '{0}'@'%' WITH GRANT OPTION;",
             db.superuser, db.password
@@ -617,16 +515,10 @@ pub fn ssh_keypair_of_type(key_type: &str, comment: &str) -> SshKeyPair {
     let dir = temp_dir("tumbler-sshkey-");
     let path = dir.path().join("id");
     let mut cmd = Command::new(find_binary("ssh-keygen", &[], "openssh-client"));
-    cmd.args(["-q", "-t", key_type, "-N", "", "-C", comment, "-f"])
-        .arg(&path);
+    cmd.args(["-q", "-t", key_type, "-N", "", "-C", comment, "-f"]).arg(&path);
     expect_success("ssh-keygen", run(cmd, None));
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-    };
-    SshKeyPair {
-        private_key: read(&path),
-        public_key: read(&path.with_extension("pub")).trim_end().to_owned(),
-    }
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    SshKeyPair { private_key: read(&path), public_key: read(&path.with_extension("pub")).trim_end().to_owned() }
 }
 
 /// `SHA256:...` of a public key file, as `ssh-keygen -lf` prints it.
@@ -634,10 +526,7 @@ pub fn ssh_fingerprint(public_key_file: &Path) -> String {
     let mut cmd = Command::new(find_binary("ssh-keygen", &[], "openssh-client"));
     cmd.arg("-lf").arg(public_key_file);
     let line = expect_success("ssh-keygen -lf", run(cmd, None));
-    line.split_whitespace()
-        .nth(1)
-        .expect("ssh-keygen -lf prints bits, fingerprint, comment")
-        .to_owned()
+    line.split_whitespace().nth(1).expect("ssh-keygen -lf prints bits, fingerprint, comment").to_owned()
 }
 
 /// sshd with its own config, ed25519 host key, port (on 127.0.0.1) and
@@ -681,14 +570,7 @@ impl Sshd {
         }
         let host_key_fingerprint = new_host_key(dir.path());
         let daemon = launch_sshd(dir.path(), port);
-        Sshd {
-            port,
-            user: current_user(),
-            host_key_fingerprint,
-            authorized_keys: authorized,
-            daemon,
-            dir,
-        }
+        Sshd { port, user: current_user(), host_key_fingerprint, authorized_keys: authorized, daemon, dir }
     }
 
     /// Stops the server, as a host that goes down would; [`Sshd::restart`]
@@ -744,18 +626,7 @@ fn new_host_key(dir: &Path) -> String {
     let _ = std::fs::remove_file(&key);
     let _ = std::fs::remove_file(key.with_extension("pub"));
     let mut keygen = Command::new(find_binary("ssh-keygen", &[], "openssh-client"));
-    keygen
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "tumbler-test-host",
-            "-f",
-        ])
-        .arg(&key);
+    keygen.args(["-q", "-t", "ed25519", "-N", "", "-C", "tumbler-test-host", "-f"]).arg(&key);
     expect_success("ssh-keygen (host key)", run(keygen, None));
     ssh_fingerprint(&key.with_extension("pub"))
 }
@@ -772,9 +643,7 @@ fn launch_sshd(dir: &Path, port: u16) -> Daemon {
 
 /// True once the server on `port` greets with an SSH banner.
 fn ssh_banner(port: u16) -> bool {
-    let Ok(mut stream) =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-    else {
+    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));

@@ -38,20 +38,12 @@ fn harness() -> &'static Harness {
         // Its own thread and runtime: each test has a runtime of its own,
         // and the harness outlives them all.
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
             rt.block_on(async {
-                let cache_dir =
-                    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capabilities-plugin-cache");
-                let cache =
-                    ComponentCache::new(cache_dir, Zeroizing::new([7; 32])).expect("cache dir");
+                let cache_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("capabilities-plugin-cache");
+                let cache = ComponentCache::new(cache_dir, Zeroizing::new([7; 32])).expect("cache dir");
                 let runtime = Runtime::new(RuntimeLimits::default(), cache).expect("runtime");
-                let probe = runtime
-                    .load(&sha256, wasm)
-                    .await
-                    .unwrap_or_else(|e| panic!("load the probe: {e}"));
+                let probe = runtime.load(&sha256, wasm).await.unwrap_or_else(|e| panic!("load the probe: {e}"));
                 Harness { runtime, probe }
             })
         })
@@ -64,15 +56,7 @@ fn harness() -> &'static Harness {
 fn probe_wasm() -> PathBuf {
     let root = workspace_root();
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            "test-probe",
-            "--manifest-path",
-        ])
+        .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "test-probe", "--manifest-path"])
         .arg(root.join("plugins/Cargo.toml"))
         // The fixture lands in plugins/target, whatever this build uses.
         .env_remove("CARGO_TARGET_DIR")
@@ -96,10 +80,7 @@ struct Call {
 
 impl Call {
     fn granting(grants: Value) -> Call {
-        Call {
-            grants,
-            ..Call::default()
-        }
+        Call { grants, ..Call::default() }
     }
 
     fn current(mut self, value: Value) -> Call {
@@ -115,9 +96,7 @@ impl Call {
     /// Runs the probe's `set` step with `params`.
     async fn probe(self, params: Value) -> StepOutcome {
         let spec: GrantsSpec = serde_json::from_value(self.grants).expect("grants in API form");
-        let grants = spec
-            .parse()
-            .unwrap_or_else(|e| panic!("grants: {}", e.message()));
+        let grants = spec.parse().unwrap_or_else(|e| panic!("grants: {}", e.message()));
         let current = self.current.map(|v| v.to_string());
         let ctx = CallContext {
             plugin: "test-probe".into(),
@@ -129,10 +108,7 @@ impl Call {
         let input = StepInput {
             secret_name: "test/probe".into(),
             params: params.to_string(),
-            current: current.map(|value| Version {
-                id: "v1".into(),
-                value,
-            }),
+            current: current.map(|value| Version { id: "v1".into(), value }),
             pending: None,
             previous: None,
             fell_off: None,
@@ -235,18 +211,10 @@ async fn postgres_granted_query_binds_parameters_and_round_trips_awkward_values(
 
     // Statements and bound values reach the table intact, as psql sees it.
     let execute = |statement: &str, params: Value| {
-        Call::granting(grants.clone()).probe(with(
-            target.clone(),
-            json!({"statement": statement, "params": params, "execute": true}),
-        ))
+        Call::granting(grants.clone())
+            .probe(with(target.clone(), json!({"statement": statement, "params": params, "execute": true})))
     };
-    succeeded(
-        &execute(
-            "CREATE TABLE kv (k text PRIMARY KEY, v bytea, n int8)",
-            json!([]),
-        )
-        .await,
-    );
+    succeeded(&execute("CREATE TABLE kv (k text PRIMARY KEY, v bytea, n int8)", json!([])).await);
     let inserted = execute(
         "INSERT INTO kv VALUES ($1, $2, $3), ($4, $5, $6)",
         json!([
@@ -255,55 +223,28 @@ async fn postgres_granted_query_binds_parameters_and_round_trips_awkward_values(
     )
     .await;
     succeeded(&inserted);
-    assert!(
-        inserted.log.contains("sql-query: 2 rows affected"),
-        "{}",
-        inserted.log
-    );
+    assert!(inserted.log.contains("sql-query: 2 rows affected"), "{}", inserted.log);
     assert_eq!(pg.psql("SELECT k FROM kv WHERE n = 1"), AWKWARD);
     let selected = Call::granting(grants.clone())
-        .probe(with(
-            target.clone(),
-            json!({"statement": "SELECT v, n FROM kv WHERE k = $1", "params": [AWKWARD]}),
-        ))
+        .probe(with(target.clone(), json!({"statement": "SELECT v, n FROM kv WHERE k = $1", "params": [AWKWARD]})))
         .await;
-    assert_eq!(
-        logged_rows(&selected)["rows"],
-        json!([[{"bytes": [222, 173]}, 1]])
-    );
+    assert_eq!(logged_rows(&selected)["rows"], json!([[{"bytes": [222, 173]}, 1]]));
 
     // The plugin's mistakes are `invalid`; the server's answers are `target`.
     let mistyped = Call::granting(grants.clone())
-        .probe(with(
-            target.clone(),
-            json!({"statement": "SELECT $1::int4", "params": ["abc"]}),
-        ))
+        .probe(with(target.clone(), json!({"statement": "SELECT $1::int4", "params": ["abc"]})))
         .await;
     let message = failure(&mistyped);
-    assert!(
-        message.starts_with("invalid: parameter $1 is text but the statement expects int4"),
-        "{message}"
-    );
+    assert!(message.starts_with("invalid: parameter $1 is text but the statement expects int4"), "{message}");
     let missing = Call::granting(grants.clone())
-        .probe(with(
-            target.clone(),
-            json!({"statement": "SELECT $1::text", "params": []}),
-        ))
+        .probe(with(target.clone(), json!({"statement": "SELECT $1::text", "params": []})))
         .await;
-    assert!(
-        failure(&missing).starts_with("invalid: the statement takes 1 parameters; 0 were given")
-    );
+    assert!(failure(&missing).starts_with("invalid: the statement takes 1 parameters; 0 were given"));
     let unknown = Call::granting(grants.clone())
-        .probe(with(
-            target.clone(),
-            json!({"statement": "SELECT * FROM no_such_table"}),
-        ))
+        .probe(with(target.clone(), json!({"statement": "SELECT * FROM no_such_table"})))
         .await;
     let message = failure(&unknown);
-    assert!(
-        message.starts_with("target: ") && message.contains("\"no_such_table\" does not exist"),
-        "{message}"
-    );
+    assert!(message.starts_with("target: ") && message.contains("\"no_such_table\" does not exist"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -324,17 +265,12 @@ async fn postgres_credentials_from_the_secret_never_enter_the_plugin() {
 async fn postgres_wrong_password_is_auth() {
     let pg = Postgres::start();
     let outcome = Call::granting(json!({"sql": [pg.addr()]}))
-        .probe(
-            json!({"call": "sql", "host": "127.0.0.1", "port": pg.port, "user": pg.superuser,
-                      "password": "not-the-password"}),
-        )
+        .probe(json!({"call": "sql", "host": "127.0.0.1", "port": pg.port, "user": pg.superuser,
+                      "password": "not-the-password"}))
         .await;
     let message = failure(&outcome);
     assert!(message.starts_with("auth: "), "{message}");
-    assert!(
-        message.contains("password authentication failed"),
-        "{message}"
-    );
+    assert!(message.contains("password authentication failed"), "{message}");
     assert!(!message.contains("not-the-password"), "{message}");
 }
 
@@ -342,35 +278,21 @@ async fn postgres_wrong_password_is_auth() {
 async fn a_plugin_connecting_in_a_loop_is_stopped_at_the_cap() {
     let pg = Postgres::start();
     let outcome = Call::granting(json!({"sql": [pg.addr()]}))
-        .probe(with(
-            pg_target(&pg),
-            json!({"call": "sql-connect-loop", "n": 100}),
-        ))
+        .probe(with(pg_target(&pg), json!({"call": "sql-connect-loop", "n": 100})))
         .await;
     let message = failure(&outcome);
     // The probe holds every connection: the fifth is refused.
-    assert!(
-        message.starts_with("limit: a step may hold at most 4 SQL connections"),
-        "{message}"
-    );
-    assert!(
-        outcome.log.contains("connection 5 of 100 failed"),
-        "{}",
-        outcome.log
-    );
+    assert!(message.starts_with("limit: a step may hold at most 4 SQL connections"), "{message}");
+    assert!(outcome.log.contains("connection 5 of 100 failed"), "{}", outcome.log);
     // Nothing leaked: once the step is over the server sees every session
     // of the probe end (backends notice a closed socket promptly).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let sessions =
-            pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tumbler'");
+        let sessions = pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tumbler'");
         if sessions == "0" {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sessions} sessions still open"
-        );
+        assert!(std::time::Instant::now() < deadline, "{sessions} sessions still open");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
@@ -387,29 +309,19 @@ async fn a_gigabyte_postgres_result_is_cut_at_the_byte_cap_without_buffering_it(
         ))
         .await;
     let message = failure(&outcome);
-    assert!(
-        message.starts_with("limit: the query returned more than 4194304 bytes"),
-        "{message}"
-    );
+    assert!(message.starts_with("limit: the query returned more than 4194304 bytes"), "{message}");
     let (peak_after, _) = memory();
     assert!(
         peak_after.saturating_sub(rss_before) < 256 << 20,
         "memory grew by {} MiB",
         (peak_after - rss_before) >> 20
     );
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
 
     // One value bigger than the cap is cut on the wire, before the driver
     // holds the whole row.
     let one_huge_value = Call::granting(json!({"sql": [pg.addr()]}))
-        .probe(with(
-            pg_target(&pg),
-            json!({"call": "sql-query", "statement": "SELECT repeat('x', 500000000)"}),
-        ))
+        .probe(with(pg_target(&pg), json!({"call": "sql-query", "statement": "SELECT repeat('x', 500000000)"})))
         .await;
     let message = failure(&one_huge_value);
     assert!(message.starts_with("limit: "), "{message}");
@@ -427,48 +339,27 @@ async fn postgres_tls_require_encrypts_and_verify_full_refuses_an_unknown_certif
     let grants = json!({"sql": [pg.addr()]});
     let statement = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     let required = Call::granting(grants.clone())
-        .probe(with(
-            pg_target(&pg),
-            json!({"call": "sql-query", "tls": "require", "statement": statement}),
-        ))
+        .probe(with(pg_target(&pg), json!({"call": "sql-query", "tls": "require", "statement": statement})))
         .await;
     assert_eq!(logged_rows(&required)["rows"], json!([[true]]));
 
-    let verified = Call::granting(grants)
-        .probe(with(
-            pg_target(&pg),
-            json!({"call": "sql", "tls": "verify-full"}),
-        ))
-        .await;
+    let verified =
+        Call::granting(grants).probe(with(pg_target(&pg), json!({"call": "sql", "tls": "verify-full"}))).await;
     let message = failure(&verified);
-    assert!(
-        message.starts_with("unreachable: ") && message.contains("UnknownIssuer"),
-        "{message}"
-    );
+    assert!(message.starts_with("unreachable: ") && message.contains("UnknownIssuer"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_name_resolving_to_loopback_is_refused_unless_the_grant_names_the_ip() {
     let pg = Postgres::start();
     let by_name = Call::granting(json!({"sql": [format!("localhost:{}", pg.port)]}))
-        .probe(with(
-            pg_target(&pg),
-            json!({"call": "sql", "host": "localhost"}),
-        ))
+        .probe(with(pg_target(&pg), json!({"call": "sql", "host": "localhost"})))
         .await;
     let message = failure(&by_name);
-    assert!(
-        message.starts_with("denied: localhost resolves to internal address"),
-        "{message}"
-    );
-    assert!(
-        message.contains(&format!("127.0.0.1:{}", pg.port)),
-        "{message}"
-    );
+    assert!(message.starts_with("denied: localhost resolves to internal address"), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{}", pg.port)), "{message}");
 
-    let by_ip = Call::granting(json!({"sql": [pg.addr()]}))
-        .probe(with(pg_target(&pg), json!({"call": "sql"})))
-        .await;
+    let by_ip = Call::granting(json!({"sql": [pg.addr()]})).probe(with(pg_target(&pg), json!({"call": "sql"}))).await;
     succeeded(&by_ip);
 }
 
@@ -476,39 +367,24 @@ async fn a_name_resolving_to_loopback_is_refused_unless_the_grant_names_the_ip()
 async fn sql_and_ssh_to_targets_not_granted_are_denied() {
     // No server is needed: the grant is checked before anything is dialled.
     let sql = Call::granting(json!({"sql": ["127.0.0.1:5432"]}))
-        .probe(
-            json!({"call": "sql", "host": "127.0.0.1", "port": 5433, "user": "u", "password": "p"}),
-        )
+        .probe(json!({"call": "sql", "host": "127.0.0.1", "port": 5433, "user": "u", "password": "p"}))
         .await;
     let message = failure(&sql);
-    assert!(
-        message.starts_with("denied: connecting to 127.0.0.1:5433 is not granted"),
-        "{message}"
-    );
+    assert!(message.starts_with("denied: connecting to 127.0.0.1:5433 is not granted"), "{message}");
 
     let ssh = Call::granting(json!({"ssh": ["127.0.0.1:22 tofu"]}))
         .probe(json!({"call": "ssh", "host": "10.0.0.9", "port": 22, "username": "u", "password": "p"}))
         .await;
     let message = failure(&ssh);
-    assert!(
-        message.starts_with("denied: ssh to 10.0.0.9:22 is not granted"),
-        "{message}"
-    );
+    assert!(message.starts_with("denied: ssh to 10.0.0.9:22 is not granted"), "{message}");
 
     // A bare host:port says nothing about the host key: refused, saying how to fix it.
     let unpinned = Call::granting(json!({"ssh": ["127.0.0.1:22"]}))
         .probe(json!({"call": "ssh", "host": "127.0.0.1", "port": 22, "username": "u", "password": "p"}))
         .await;
     let message = failure(&unpinned);
-    assert!(
-        message.starts_with(
-            "denied: the grant for 127.0.0.1:22 does not say how to check its host key"
-        )
-    );
-    assert!(
-        message.contains("SHA256:") && message.contains("tofu"),
-        "{message}"
-    );
+    assert!(message.starts_with("denied: the grant for 127.0.0.1:22 does not say how to check its host key"));
+    assert!(message.contains("SHA256:") && message.contains("tofu"), "{message}");
 }
 
 // ---------------------------------------------------------------------------
@@ -524,10 +400,7 @@ async fn mariadb_granted_query_binds_parameters_and_round_trips_awkward_values()
     let db = Mariadb::start();
     db.sql("CREATE DATABASE app");
     let grants = json!({"sql": [db.addr()]});
-    let target = with(
-        my_target(&db),
-        json!({"call": "sql-query", "database": "app"}),
-    );
+    let target = with(my_target(&db), json!({"call": "sql-query", "database": "app"}));
     let run = |extra: Value| Call::granting(grants.clone()).probe(with(target.clone(), extra));
 
     succeeded(
@@ -541,20 +414,10 @@ async fn mariadb_granted_query_binds_parameters_and_round_trips_awkward_values()
                    "plain", null, null, null, false]}))
     .await;
     succeeded(&inserted);
-    assert!(
-        inserted.log.contains("sql-query: 2 rows affected"),
-        "{}",
-        inserted.log
-    );
-    assert_eq!(
-        db.sql("SELECT k FROM app.kv WHERE n IS NOT NULL"),
-        AWKWARD.replace('\\', "\\\\")
-    );
+    assert!(inserted.log.contains("sql-query: 2 rows affected"), "{}", inserted.log);
+    assert_eq!(db.sql("SELECT k FROM app.kv WHERE n IS NOT NULL"), AWKWARD.replace('\\', "\\\\"));
 
-    let selected = run(
-        json!({"statement": "SELECT k, v, n, f, b, d FROM kv WHERE k = ?", "params": [AWKWARD]}),
-    )
-    .await;
+    let selected = run(json!({"statement": "SELECT k, v, n, f, b, d FROM kv WHERE k = ?", "params": [AWKWARD]})).await;
     assert_eq!(
         logged_rows(&selected),
         json!({
@@ -564,33 +427,20 @@ async fn mariadb_granted_query_binds_parameters_and_round_trips_awkward_values()
     );
 
     let missing = run(json!({"statement": "SELECT ?", "params": []})).await;
-    assert!(
-        failure(&missing).starts_with("invalid: "),
-        "{}",
-        failure(&missing)
-    );
+    assert!(failure(&missing).starts_with("invalid: "), "{}", failure(&missing));
     let unknown = run(json!({"statement": "SELECT * FROM no_such_table"})).await;
     let message = failure(&unknown);
-    assert!(
-        message.starts_with("target: ") && message.contains("no_such_table"),
-        "{message}"
-    );
+    assert!(message.starts_with("target: ") && message.contains("no_such_table"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mariadb_wrong_password_is_auth() {
     let db = Mariadb::start();
     let outcome = Call::granting(json!({"sql": [db.addr()]}))
-        .probe(with(
-            my_target(&db),
-            json!({"call": "sql", "password": "not-the-password"}),
-        ))
+        .probe(with(my_target(&db), json!({"call": "sql", "password": "not-the-password"})))
         .await;
     let message = failure(&outcome);
-    assert!(
-        message.starts_with("auth: ") && message.contains("Access denied"),
-        "{message}"
-    );
+    assert!(message.starts_with("auth: ") && message.contains("Access denied"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -605,17 +455,11 @@ async fn a_gigabyte_mariadb_result_is_cut_at_the_byte_cap_without_buffering_it()
         ))
         .await;
     let message = failure(&outcome);
-    assert!(
-        message.starts_with("limit: the query returned more than 4194304 bytes"),
-        "{message}"
-    );
+    assert!(message.starts_with("limit: the query returned more than 4194304 bytes"), "{message}");
 
     // One row bigger than the cap is refused as it arrives.
     let one_huge_row = Call::granting(json!({"sql": [db.addr()]}))
-        .probe(with(
-            my_target(&db),
-            json!({"call": "sql-query", "statement": "SELECT REPEAT('x', 10000000)"}),
-        ))
+        .probe(with(my_target(&db), json!({"call": "sql-query", "statement": "SELECT REPEAT('x', 10000000)"})))
         .await;
     let message = failure(&one_huge_row);
     assert!(message.starts_with("limit: "), "{message}");
@@ -631,26 +475,17 @@ async fn a_gigabyte_mariadb_result_is_cut_at_the_byte_cap_without_buffering_it()
 async fn mariadb_tls_require_encrypts_and_verify_full_refuses_an_unknown_certificate() {
     let db = Mariadb::start_with_tls();
     let grants = json!({"sql": [db.addr()]});
-    let statement = "SELECT VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'";
+    let statement =
+        "SELECT VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher'";
     let required = Call::granting(grants.clone())
-        .probe(with(
-            my_target(&db),
-            json!({"call": "sql-query", "tls": "require", "statement": statement}),
-        ))
+        .probe(with(my_target(&db), json!({"call": "sql-query", "tls": "require", "statement": statement})))
         .await;
     assert_eq!(logged_rows(&required)["rows"], json!([[1]]));
 
-    let verified = Call::granting(grants)
-        .probe(with(
-            my_target(&db),
-            json!({"call": "sql", "tls": "verify-full"}),
-        ))
-        .await;
+    let verified =
+        Call::granting(grants).probe(with(my_target(&db), json!({"call": "sql", "tls": "verify-full"}))).await;
     let message = failure(&verified);
-    assert!(
-        message.starts_with("unreachable: ") && message.contains("UnknownIssuer"),
-        "{message}"
-    );
+    assert!(message.starts_with("unreachable: ") && message.contains("UnknownIssuer"), "{message}");
 }
 
 // ---------------------------------------------------------------------------
@@ -671,8 +506,7 @@ fn test_store() -> (tempfile::TempDir, Store) {
 async fn recorded_fingerprint(store: &Store, target: String) -> Option<String> {
     store
         .read(move |conn, _| {
-            let mut rows =
-                conn.prepare("SELECT fingerprint FROM ssh_known_hosts WHERE target = ?1")?;
+            let mut rows = conn.prepare("SELECT fingerprint FROM ssh_known_hosts WHERE target = ?1")?;
             let mut found = rows.query_map([&target], |r| r.get::<_, String>(0))?;
             Ok(found.next().transpose()?)
         })
@@ -686,20 +520,12 @@ async fn ssh_with_a_pinned_host_key_runs_the_command() {
     let sshd = Sshd::start(&key.public_key);
     let grants = json!({"ssh": [format!("{} {}", sshd.addr(), sshd.host_key_fingerprint)]});
 
-    let mut call = ssh_call(
-        &sshd,
-        &key.private_key,
-        "read line; echo \"got $line\"; echo oops >&2; exit 3",
-    );
+    let mut call = ssh_call(&sshd, &key.private_key, "read line; echo \"got $line\"; echo oops >&2; exit 3");
     call["stdin"] = json!("hello over stdin\n");
     let outcome = Call::granting(grants.clone()).probe(call).await;
     succeeded(&outcome);
     assert!(outcome.log.contains("ssh: exit 3"), "{}", outcome.log);
-    assert!(
-        outcome.log.contains("ssh stdout: got hello over stdin"),
-        "{}",
-        outcome.log
-    );
+    assert!(outcome.log.contains("ssh stdout: got hello over stdin"), "{}", outcome.log);
     assert!(outcome.log.contains("ssh stderr: oops"), "{}", outcome.log);
 
     // The same login with the key taken from the secret by the host.
@@ -708,37 +534,21 @@ async fn ssh_with_a_pinned_host_key_runs_the_command() {
         .probe(json!({"call": "ssh", "host": "127.0.0.1", "port": sshd.port, "secret": "current", "command": "whoami"}))
         .await;
     succeeded(&from_secret);
-    assert!(
-        from_secret
-            .log
-            .contains(&format!("ssh stdout: {}", sshd.user)),
-        "{}",
-        from_secret.log
-    );
+    assert!(from_secret.log.contains(&format!("ssh stdout: {}", sshd.user)), "{}", from_secret.log);
 
     // RSA keys sign with SHA-2, as current OpenSSH requires.
     let rsa = ssh_keypair_of_type("rsa", "tumbler-test-rsa");
-    std::fs::write(
-        sshd.authorized_keys_path(),
-        format!("{}\n{}\n", key.public_key, rsa.public_key),
-    )
-    .expect("add the RSA key");
-    let with_rsa = Call::granting(grants.clone())
-        .probe(ssh_call(&sshd, &rsa.private_key, "echo rsa"))
-        .await;
+    std::fs::write(sshd.authorized_keys_path(), format!("{}\n{}\n", key.public_key, rsa.public_key))
+        .expect("add the RSA key");
+    let with_rsa = Call::granting(grants.clone()).probe(ssh_call(&sshd, &rsa.private_key, "echo rsa")).await;
     succeeded(&with_rsa);
     assert!(with_rsa.log.contains("ssh stdout: rsa"), "{}", with_rsa.log);
 
     // A key the server does not know is `auth`.
     let stranger = ssh_keypair("stranger");
-    let refused = Call::granting(grants)
-        .probe(ssh_call(&sshd, &stranger.private_key, "true"))
-        .await;
+    let refused = Call::granting(grants).probe(ssh_call(&sshd, &stranger.private_key, "true")).await;
     let message = failure(&refused);
-    assert!(
-        message.starts_with("auth: ") && message.contains("refused the login"),
-        "{message}"
-    );
+    assert!(message.starts_with("auth: ") && message.contains("refused the login"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -746,18 +556,9 @@ async fn ssh_output_past_the_cap_is_refused() {
     let key = ssh_keypair("tumbler-test");
     let sshd = Sshd::start(&key.public_key);
     let grants = json!({"ssh": [format!("{} {}", sshd.addr(), sshd.host_key_fingerprint)]});
-    let outcome = Call::granting(grants)
-        .probe(ssh_call(
-            &sshd,
-            &key.private_key,
-            "head -c 3000000 /dev/zero",
-        ))
-        .await;
+    let outcome = Call::granting(grants).probe(ssh_call(&sshd, &key.private_key, "head -c 3000000 /dev/zero")).await;
     let message = failure(&outcome);
-    assert!(
-        message.starts_with("limit: the command wrote more than 1048576 bytes to stdout"),
-        "{message}"
-    );
+    assert!(message.starts_with("limit: the command wrote more than 1048576 bytes to stdout"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -773,22 +574,11 @@ async fn ssh_with_a_wrong_pinned_fingerprint_is_refused_before_logging_in() {
     };
     assert_ne!(wrong, sshd.host_key_fingerprint);
     let outcome = Call::granting(json!({"ssh": [format!("{} {wrong}", sshd.addr())]}))
-        .probe(ssh_call(
-            &sshd,
-            &key.private_key,
-            "touch /tmp/should-not-run",
-        ))
+        .probe(ssh_call(&sshd, &key.private_key, "touch /tmp/should-not-run"))
         .await;
     let message = failure(&outcome);
-    assert!(message.starts_with(&format!(
-        "denied: {} presented host key {}",
-        sshd.addr(),
-        sshd.host_key_fingerprint
-    )));
-    assert!(
-        message.contains(&format!("but {wrong} is pinned by the grant")),
-        "{message}"
-    );
+    assert!(message.starts_with(&format!("denied: {} presented host key {}", sshd.addr(), sshd.host_key_fingerprint)));
+    assert!(message.contains(&format!("but {wrong} is pinned by the grant")), "{message}");
     // Refused during the key exchange: no login was ever attempted.
     assert!(!sshd.log().contains("Accepted publickey"), "{}", sshd.log());
 }
@@ -801,40 +591,20 @@ async fn ssh_trust_on_first_use_records_the_key_then_enforces_it() {
     let grants = json!({"ssh": [format!("{} tofu", sshd.addr())]});
     assert_eq!(recorded_fingerprint(&store, sshd.addr()).await, None);
 
-    let first = Call::granting(grants.clone())
-        .store(&store)
-        .probe(ssh_call(&sshd, &key.private_key, "echo first"))
-        .await;
+    let first =
+        Call::granting(grants.clone()).store(&store).probe(ssh_call(&sshd, &key.private_key, "echo first")).await;
     succeeded(&first);
-    assert_eq!(
-        recorded_fingerprint(&store, sshd.addr()).await,
-        Some(sshd.host_key_fingerprint.clone())
-    );
-    let again = Call::granting(grants.clone())
-        .store(&store)
-        .probe(ssh_call(&sshd, &key.private_key, "echo again"))
-        .await;
+    assert_eq!(recorded_fingerprint(&store, sshd.addr()).await, Some(sshd.host_key_fingerprint.clone()));
+    let again =
+        Call::granting(grants.clone()).store(&store).probe(ssh_call(&sshd, &key.private_key, "echo again")).await;
     succeeded(&again);
 
     // The host now presents another key: refused, and the record stands.
     let recorded = sshd.host_key_fingerprint.clone();
     sshd.rekey();
-    let after = Call::granting(grants)
-        .store(&store)
-        .probe(ssh_call(&sshd, &key.private_key, "echo after"))
-        .await;
+    let after = Call::granting(grants).store(&store).probe(ssh_call(&sshd, &key.private_key, "echo after")).await;
     let message = failure(&after);
-    assert!(message.starts_with(&format!(
-        "denied: {} presented host key {}",
-        sshd.addr(),
-        sshd.host_key_fingerprint
-    )));
-    assert!(
-        message.contains(&format!("but {recorded} was recorded on first use")),
-        "{message}"
-    );
-    assert_eq!(
-        recorded_fingerprint(&store, sshd.addr()).await,
-        Some(recorded)
-    );
+    assert!(message.starts_with(&format!("denied: {} presented host key {}", sshd.addr(), sshd.host_key_fingerprint)));
+    assert!(message.contains(&format!("but {recorded} was recorded on first use")), "{message}");
+    assert_eq!(recorded_fingerprint(&store, sshd.addr()).await, Some(recorded));
 }

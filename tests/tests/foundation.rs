@@ -146,11 +146,7 @@ fn assert_no_plaintext(dir: &Path, values: &[String]) {
     assert!(files.contains_key(&dir.join("tumbler.db")), "no tumbler.db in {}", dir.display());
     for (path, bytes) in &files {
         for value in values {
-            assert!(
-                !contains_bytes(bytes, value.as_bytes()),
-                "plaintext {value} found in {}",
-                path.display()
-            );
+            assert!(!contains_bytes(bytes, value.as_bytes()), "plaintext {value} found in {}", path.display());
         }
     }
 }
@@ -201,18 +197,12 @@ async fn moving_a_label() {
     move_label(&c, name, "current", &v1).await;
     assert_value(&c.read_label(name, "current").await, name, "one", &v1);
     assert_value(&c.read_label(name, "previous").await, name, "three", &v3);
-    assert_eq!(
-        label_map(&c.versions(name).await),
-        labels(&[("current", &v1), ("previous", &v3), ("stable", &v1)])
-    );
+    assert_eq!(label_map(&c.versions(name).await), labels(&[("current", &v1), ("previous", &v3), ("stable", &v1)]));
 
     // A label sits on one version at most.
     move_label(&c, name, "stable", &v2).await;
     assert_value(&c.read_label(name, "stable").await, name, "two", &v2);
-    assert_eq!(
-        label_map(&c.versions(name).await),
-        labels(&[("current", &v1), ("previous", &v3), ("stable", &v2)])
-    );
+    assert_eq!(label_map(&c.versions(name).await), labels(&[("current", &v1), ("previous", &v3), ("stable", &v2)]));
 }
 
 #[tokio::test]
@@ -390,9 +380,8 @@ async fn malformed_json_is_rejected_without_echoing_it() {
     let secret = "s3cr3t-in-broken-json";
     let bodies = [format!(r#"{{"name": "app/broken", "value": "{secret}"#), format!("value={secret}")];
     for body in bodies {
-        let reply = c
-            .send_raw(reqwest::Method::POST, "/v1/secrets", &[], Some(("application/json", body.into_bytes())))
-            .await;
+        let reply =
+            c.send_raw(reqwest::Method::POST, "/v1/secrets", &[], Some(("application/json", body.into_bytes()))).await;
         assert_error(&reply, 400, "invalid_request");
         assert!(!reply.1.to_string().contains(secret), "value echoed: {reply:?}");
     }
@@ -493,9 +482,7 @@ async fn ciphertext_moved_to_another_version_fails_to_decrypt() {
 
     let db = rusqlite::Connection::open(t.data_dir.join("tumbler.db")).expect("open tumbler.db");
     let (nonce, ciphertext): (Vec<u8>, Vec<u8>) = db
-        .query_row("SELECT nonce, ciphertext FROM versions WHERE id = ?1", [&a], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
+        .query_row("SELECT nonce, ciphertext FROM versions WHERE id = ?1", [&a], |row| Ok((row.get(0)?, row.get(1)?)))
         .expect("version A's row");
     let updated = db
         .execute(
@@ -542,9 +529,7 @@ fn wrong_master_key_from_env_is_refused() {
     let wrong_key = base64::engine::general_purpose::STANDARD.encode(random_bytes(32));
 
     let mut cmd = serve_command(["--data-dir", path_str(&store.data_dir)]);
-    cmd.env("TUMBLER_MASTER_KEY", wrong_key)
-        .env("HOME", &home)
-        .env("XDG_CONFIG_HOME", home.join(".config"));
+    cmd.env("TUMBLER_MASTER_KEY", wrong_key).env("HOME", &home).env("XDG_CONFIG_HOME", home.join(".config"));
     assert_wrong_key_refused(cmd, &store.data_dir);
 }
 
@@ -710,9 +695,7 @@ async fn concurrent_writers_with_client_tokens_are_idempotent() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..WRITERS {
         let c = c.clone();
-        tasks.spawn(async move {
-            (i, write_with_client_token(&c, name, &format!("v-{i}"), &format!("ct-{i}")).await)
-        });
+        tasks.spawn(async move { (i, write_with_client_token(&c, name, &format!("v-{i}"), &format!("ct-{i}")).await) });
     }
     let mut ids = vec![String::new(); WRITERS];
     while let Some(joined) = tasks.join_next().await {

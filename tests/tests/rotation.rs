@@ -22,7 +22,12 @@ fn start(extra: &[&str]) -> Instance {
 
 async fn upload(client: &Client, name: &str, fixture: &str) {
     let reply = client
-        .send_raw(reqwest::Method::POST, &format!("/v1/plugins/{name}"), &[], Some(("application/wasm", fixture_bytes(fixture))))
+        .send_raw(
+            reqwest::Method::POST,
+            &format!("/v1/plugins/{name}"),
+            &[],
+            Some(("application/wasm", fixture_bytes(fixture))),
+        )
         .await;
     assert_eq!(reply.0, 201, "upload {name}: {reply:?}");
 }
@@ -114,7 +119,22 @@ async fn noop_rotates_through_the_cli_and_leaves_a_record() {
     let instance = start(&[]);
     let root = instance.root();
     let v0 = root.create_secret("app/db", r#"{"username":"app","password":"initial-password"}"#).await;
-    let out = instance.cli(["rotation", "set", "app/db", "--plugin", "noop", "--schedule", "0 3 * * *", "--window", "30m", "--output", "json"], None);
+    let out = instance.cli(
+        [
+            "rotation",
+            "set",
+            "app/db",
+            "--plugin",
+            "noop",
+            "--schedule",
+            "0 3 * * *",
+            "--window",
+            "30m",
+            "--output",
+            "json",
+        ],
+        None,
+    );
     out.assert_success();
     let config = out.json();
     assert_eq!(config["plugin"], "noop");
@@ -127,10 +147,7 @@ async fn noop_rotates_through_the_cli_and_leaves_a_record() {
     let rec = out.json();
     assert_eq!(rec["status"], "succeeded");
     assert_eq!(rec["trigger"], "manual");
-    assert_eq!(
-        attempts(&rec),
-        pairs(&[("create", "ok"), ("set", "ok"), ("test", "ok"), ("finish", "ok")])
-    );
+    assert_eq!(attempts(&rec), pairs(&[("create", "ok"), ("set", "ok"), ("test", "ok"), ("finish", "ok")]));
     // The new value is a new password in the same JSON shape; the old one is previous.
     let value: Value = serde_json::from_str(&root.read_value("app/db").await).unwrap();
     assert_eq!(value["username"], "app");
@@ -394,10 +411,19 @@ async fn a_rotation_out_of_attempts_drops_pending_keeps_current_and_alerts() {
     // Whole lines as the plugin formatted them: the component itself (in
     // the store and its compiled cache) holds only the pieces.
     let files = tumbler_tests::dir_contents(&instance.data_dir);
-    let store_files = files.iter().filter(|(p, _)| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tumbler.db")));
+    let store_files =
+        files.iter().filter(|(p, _)| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tumbler.db")));
     for (path, bytes) in store_files {
-        assert!(!tumbler_tests::contains_bytes(&bytes, b"set: values in play"), "{} holds a plugin log in clear", path.display());
-        assert!(!tumbler_tests::contains_bytes(&bytes, b"told to fail (503)"), "{} holds plugin text in clear", path.display());
+        assert!(
+            !tumbler_tests::contains_bytes(&bytes, b"set: values in play"),
+            "{} holds a plugin log in clear",
+            path.display()
+        );
+        assert!(
+            !tumbler_tests::contains_bytes(&bytes, b"told to fail (503)"),
+            "{} holds plugin text in clear",
+            path.display()
+        );
     }
 }
 
@@ -493,7 +519,10 @@ async fn readers_never_fail_nor_see_pending_under_current_during_100_rotations()
                 assert_eq!(status, 200, "{body}");
                 let labels: Vec<&str> = body["labels"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
                 assert!(labels.contains(&"current") && !labels.contains(&"pending"), "{body}");
-                seen.push((body["version_id"].as_str().unwrap().to_owned(), body["value"].as_str().unwrap().to_owned()));
+                seen.push((
+                    body["version_id"].as_str().unwrap().to_owned(),
+                    body["value"].as_str().unwrap().to_owned(),
+                ));
             }
             seen
         }));
@@ -532,7 +561,8 @@ async fn overdue_secrets_rotate_once_after_downtime() {
     }
     instance.stop();
     // The server was down for an hour: sixty slots of each secret were missed.
-    let hour_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
+    let hour_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64 - 3_600_000;
     let db = rusqlite::Connection::open(instance.data_dir.join("tumbler.db")).unwrap();
     db.execute("UPDATE rotation_configs SET next_slot = ?1, next_due = ?1", [hour_ago]).unwrap();
     drop(db);
@@ -597,4 +627,32 @@ async fn a_rate_of_one_minute_rotates_on_time_and_a_removed_config_stops() {
         assert!(*at >= slot && *at < slot + Duration::from_secs(5), "rotation {} at {at:?}, slot {slot:?}", n + 1);
     }
     assert!(history(&root, "timed/removed").await.is_empty(), "a removed config does not rotate");
+}
+
+#[tokio::test]
+async fn a_new_upload_under_the_same_name_does_not_change_what_a_config_runs() {
+    let instance = start(&[]);
+    let root = instance.root();
+    root.create_secret("app/pinned", "initial-value").await;
+    upload(&root, "pinned", "noop").await;
+    let reply = set_rotation(&root, "app/pinned", json!({"plugin": "pinned", "schedule": "rate(30 days)"})).await;
+    assert_eq!(reply.0, 200, "{reply:?}");
+    let pinned_sha = reply.1["plugin_sha256"].as_str().expect("plugin_sha256").to_owned();
+
+    // Version 2 of the same name traps in `set`.
+    upload(&root, "pinned", "test-trap").await;
+    let id = rotate(&root, "app/pinned").await;
+    let done = wait_end(&root, &id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "the config still runs the code it pinned: {done:#}");
+    let config = root.get(&format!("{}:rotation", secret_path("app/pinned"))).await.1;
+    assert_eq!(config["plugin_sha256"], pinned_sha.as_str());
+
+    // Setting the config again pins the new version, and now it traps.
+    assert_eq!(
+        set_rotation(&root, "app/pinned", json!({"plugin": "pinned", "schedule": "rate(30 days)"})).await.0,
+        200
+    );
+    let id = rotate(&root, "app/pinned").await;
+    let done = wait_end(&root, &id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done:#}");
 }

@@ -46,7 +46,10 @@ async fn an_infinite_loop_fails_within_the_timeout_while_the_host_keeps_serving(
         let mut done = 0;
         while started.elapsed() < STEP_TIMEOUT - Duration::from_millis(500) {
             let t = Instant::now();
-            store.read(|conn, _| Ok(conn.query_row("SELECT count(*) FROM secrets", [], |r| r.get::<_, i64>(0))?)).await.unwrap();
+            store
+                .read(|conn, _| Ok(conn.query_row("SELECT count(*) FROM secrets", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .unwrap();
             assert!(t.elapsed() < Duration::from_millis(500), "a read waited {:?} behind the plugin", t.elapsed());
             done += 1;
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,8 +172,7 @@ async fn a_prefix_matches_only_at_a_segment_boundary() {
 #[tokio::test]
 async fn a_redirect_out_of_the_grant_is_not_followed() {
     let target = HttpTarget::start().await;
-    let outcome =
-        http_probe(&target.url("/ok"), json!({"call": "http", "url": target.url("/ok/redirect")})).await;
+    let outcome = http_probe(&target.url("/ok"), json!({"call": "http", "url": target.url("/ok/redirect")})).await;
     assert!(outcome.result.is_ok(), "{:?}", outcome.result.as_ref().err());
     assert!(outcome.log.contains("http: status 302"), "the plugin sees the redirect itself: {}", outcome.log);
     assert_eq!(target.hits.get("/ok/redirect"), 1);

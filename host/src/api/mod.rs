@@ -72,10 +72,7 @@ async fn not_found() -> Error {
 }
 
 async fn method_not_allowed() -> Error {
-    Error::new(
-        crate::error::Kind::Invalid,
-        "this route does not accept that HTTP method; see GET /v1/openapi.json",
-    )
+    Error::new(crate::error::Kind::Invalid, "this route does not accept that HTTP method; see GET /v1/openapi.json")
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -115,11 +112,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 /// `limit` bytes before reading them when the length is announced.
 pub async fn read_body(req: Request, limit: usize) -> Result<Zeroizing<Vec<u8>>> {
     let too_large = || Error::too_large(format!("the request body is over the {limit}-byte limit"));
-    let announced = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let announced =
+        req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if announced.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
@@ -157,9 +151,9 @@ fn json_error(path: &str, e: serde_json::Error) -> Error {
     use serde_json::error::Category;
     let (line, column) = (e.line(), e.column());
     match e.classify() {
-        Category::Syntax | Category::Eof | Category::Io => Error::invalid(format!(
-            "malformed JSON at line {line} column {column}; send a valid JSON object"
-        )),
+        Category::Syntax | Category::Eof | Category::Io => {
+            Error::invalid(format!("malformed JSON at line {line} column {column}; send a valid JSON object"))
+        }
         Category::Data => {
             let full = e.to_string();
             let msg = full.strip_suffix(&format!(" at line {line} column {column}")).unwrap_or(&full);

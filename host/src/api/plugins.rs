@@ -33,11 +33,7 @@ pub async fn upload(
     audit.target("plugin.upload", &resource(&name));
     registry::validate_name(&name)?;
     caller.require(Capability::Admin, &resource(&name))?;
-    let expected = req
-        .headers()
-        .get("x-tumbler-sha256")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_owned());
+    let expected = req.headers().get("x-tumbler-sha256").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned());
     let wasm = read_body(req, MAX_PLUGIN_BYTES).await?;
     let (version, created) = st.plugins.upload(&name, wasm.to_vec(), expected.as_deref(), &audit).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(version)))
@@ -51,13 +47,8 @@ pub struct PluginList {
 #[utoipa::path(get, path = "/v1/plugins", tag = "plugins", responses((status = 200, body = PluginList)))]
 pub async fn list(State(st): State<AppState>, audit: RequestAudit, caller: Caller) -> Result<Json<PluginList>> {
     audit.target("plugin.list", "sys/plugins");
-    let plugins = st
-        .plugins
-        .list()
-        .await?
-        .into_iter()
-        .filter(|p| caller.allows(Capability::List, &resource(&p.name)))
-        .collect();
+    let plugins =
+        st.plugins.list().await?.into_iter().filter(|p| caller.allows(Capability::List, &resource(&p.name))).collect();
     Ok(Json(PluginList { plugins }))
 }
 

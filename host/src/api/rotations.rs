@@ -77,7 +77,12 @@ pub struct ConfigRemoved {
     params(("name" = String, Path)),
     responses((status = 200, description = "no rotation is scheduled any more; one already running ends normally", body = ConfigRemoved),
               (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete_config(st: AppState, audit: RequestAudit, caller: Caller, name: SecretName) -> Result<Json<ConfigRemoved>> {
+pub async fn delete_config(
+    st: AppState,
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+) -> Result<Json<ConfigRemoved>> {
     caller.require(Capability::Admin, name.as_str())?;
     let n = name.clone();
     audit.write(move |tx, _| config::remove(tx, &n)).await?;
@@ -89,7 +94,12 @@ pub async fn delete_config(st: AppState, audit: RequestAudit, caller: Caller, na
     params(("name" = String, Path)),
     responses((status = 202, description = "started; or, when one is already running, that one's id with `already_running: true` (no second rotation starts)", body = Started),
               (status = 404, description = "no such secret, or it has no rotation config", body = crate::error::ErrorBody)))]
-pub async fn rotate(st: AppState, audit: RequestAudit, caller: Caller, name: SecretName) -> Result<(StatusCode, Json<Started>)> {
+pub async fn rotate(
+    st: AppState,
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+) -> Result<(StatusCode, Json<Started>)> {
     caller.require(Capability::Rotate, name.as_str())?;
     let n = name.clone();
     let started = audit
@@ -168,11 +178,8 @@ pub async fn get(
     audit.target("rotation.get", &id);
     let caller = caller?;
     let rid = id.clone();
-    let row = st
-        .store
-        .read(move |conn, _| state::load(conn, &rid))
-        .await?
-        .ok_or_else(|| state::error_for_missing(&id))?;
+    let row =
+        st.store.read(move |conn, _| state::load(conn, &rid)).await?.ok_or_else(|| state::error_for_missing(&id))?;
     audit.target("rotation.get", &row.secret_name);
     caller.require(Capability::Rotate, &row.secret_name)?;
     let reveal = caller.allows(Capability::Read, &row.secret_name);

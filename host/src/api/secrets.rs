@@ -124,7 +124,9 @@ pub async fn post_action(
         Action::Rotate => rotations::rotate(st, audit, caller, name).await.map(IntoResponse::into_response),
         Action::Rotation => Err(wrong_method("PUT", ":rotation")),
         Action::Rotations => Err(wrong_method("GET", ":rotations")),
-        Action::None => Err(Error::invalid("create a secret with POST /v1/secrets, or add a version with POST :versions")),
+        Action::None => {
+            Err(Error::invalid("create a secret with POST /v1/secrets, or add a version with POST :versions"))
+        }
         Action::Value => Err(Error::invalid("to write a value use POST :versions")),
         Action::Label(_) => Err(wrong_method("PUT", ":labels/LABEL")),
     }
@@ -190,8 +192,12 @@ pub async fn delete_action(
     });
     let caller = caller?;
     match parsed? {
-        (name, Action::None) => delete(audit, caller, name, parse_query(uri.query())?).await.map(IntoResponse::into_response),
-        (name, Action::Rotation) => rotations::delete_config(st, audit, caller, name).await.map(IntoResponse::into_response),
+        (name, Action::None) => {
+            delete(audit, caller, name, parse_query(uri.query())?).await.map(IntoResponse::into_response)
+        }
+        (name, Action::Rotation) => {
+            rotations::delete_config(st, audit, caller, name).await.map(IntoResponse::into_response)
+        }
         _ => Err(Error::invalid("DELETE applies to the secret itself or its :rotation")),
     }
 }
@@ -233,11 +239,7 @@ pub struct VersionCreated {
 #[utoipa::path(post, path = "/v1/secrets", tag = "secrets", request_body = CreateSecret,
     responses((status = 201, body = VersionCreated), (status = 200, description = "a retry with the same client_token and value", body = VersionCreated),
               (status = 409, body = crate::error::ErrorBody)))]
-pub async fn create(
-    audit: RequestAudit,
-    caller: Caller,
-    JsonBody(body): JsonBody<CreateSecret>,
-) -> Result<Response> {
+pub async fn create(audit: RequestAudit, caller: Caller, JsonBody(body): JsonBody<CreateSecret>) -> Result<Response> {
     let name = SecretName::parse(&body.name);
     audit.target("secret.create", name.as_ref().map_or("", |n| n.as_str()));
     let name = name?;
@@ -302,10 +304,8 @@ pub async fn list(
         .transpose()?;
     let q = ListQuery { prefix: p.prefix, after, include_deleted: p.include_deleted, limit };
     let caller = Arc::new(caller);
-    let (secrets, last) = st
-        .store
-        .read(move |conn, _| secrets::list(conn, &q, |name| caller.allows(Capability::List, name)))
-        .await?;
+    let (secrets, last) =
+        st.store.read(move |conn, _| secrets::list(conn, &q, |name| caller.allows(Capability::List, name))).await?;
     Ok(Json(SecretList { secrets, next_page_token: last.map(|n| URL_SAFE_NO_PAD.encode(n)) }))
 }
 
@@ -394,12 +394,7 @@ pub struct NewVersion {
     params(("name" = String, Path)), request_body = NewVersion,
     responses((status = 201, body = VersionCreated), (status = 200, description = "a retry with the same client_token and value", body = VersionCreated),
               (status = 409, body = crate::error::ErrorBody)))]
-pub async fn new_version(
-    audit: RequestAudit,
-    caller: Caller,
-    name: SecretName,
-    body: NewVersion,
-) -> Result<Response> {
+pub async fn new_version(audit: RequestAudit, caller: Caller, name: SecretName, body: NewVersion) -> Result<Response> {
     caller.require(Capability::Write, name.as_str())?;
     let labels = match body.labels {
         None => vec![Label::current()],
@@ -499,12 +494,7 @@ pub struct Deleted {
 
 #[utoipa::path(delete, path = "/v1/secrets/{name}", tag = "secrets",
     params(("name" = String, Path), DeleteQuery), responses((status = 200, body = Deleted)))]
-pub async fn delete(
-    audit: RequestAudit,
-    caller: Caller,
-    name: SecretName,
-    q: DeleteQuery,
-) -> Result<Json<Deleted>> {
+pub async fn delete(audit: RequestAudit, caller: Caller, name: SecretName, q: DeleteQuery) -> Result<Json<Deleted>> {
     caller.require(Capability::Delete, name.as_str())?;
     if q.force && q.recovery_days.is_some() {
         return Err(Error::invalid("give recovery_days or force=true, not both"));

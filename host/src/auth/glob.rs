@@ -21,9 +21,7 @@ impl Glob {
             return Err(Error::invalid(format!("rule names {raw:?}: use * or **, not ***")));
         }
         if raw.matches('*').count() > MAX_WILDCARDS * 2 {
-            return Err(Error::invalid(format!(
-                "rule names {raw:?} has too many wildcards (at most {MAX_WILDCARDS})"
-            )));
+            return Err(Error::invalid(format!("rule names {raw:?} has too many wildcards (at most {MAX_WILDCARDS})")));
         }
         Ok(Glob(raw.to_owned()))
     }

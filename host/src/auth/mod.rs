@@ -56,9 +56,8 @@ pub fn validate_policy_name(name: &str) -> Result<()> {
     if name == ROOT_POLICY {
         return Err(Error::invalid("the policy name 'root' is reserved"));
     }
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let ok =
+        !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !ok {
         return Err(Error::invalid(format!(
             "policy name {name:?} is not valid; use 1-128 characters from [A-Za-z0-9_.-]"
@@ -80,8 +79,7 @@ pub struct Caller {
 
 impl Caller {
     pub fn allows(&self, cap: Capability, resource: &str) -> bool {
-        self.root
-            || self.rules.iter().any(|r| r.capabilities.contains(&cap) && r.names.matches(resource))
+        self.root || self.rules.iter().any(|r| r.capabilities.contains(&cap) && r.names.matches(resource))
     }
 
     pub fn require(&self, cap: Capability, resource: &str) -> Result<()> {
@@ -170,9 +168,7 @@ pub fn mint(tx: &Transaction<'_>, parent: Option<&Caller>, req: MintRequest) -> 
             }
         }
         if p != ROOT_POLICY && policies::get(tx, p)?.is_none() {
-            return Err(Error::invalid(format!(
-                "policy '{p}' does not exist; create it with PUT /v1/policies/{p}"
-            )));
+            return Err(Error::invalid(format!("policy '{p}' does not exist; create it with PUT /v1/policies/{p}")));
         }
     }
     let parent_expiry = parent.and_then(|c| c.expires_at);
@@ -249,11 +245,7 @@ mod tests {
         let (_dir, store) = test_store();
         let minted = store
             .write(|tx, _| {
-                policies::put(
-                    tx,
-                    "app",
-                    &[Rule { names: "app/*".into(), capabilities: vec![Capability::Read] }],
-                )?;
+                policies::put(tx, "app", &[Rule { names: "app/*".into(), capabilities: vec![Capability::Read] }])?;
                 mint(tx, None, MintRequest { name: "t".into(), policies: vec!["app".into()], ttl: None })
             })
             .await

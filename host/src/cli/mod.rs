@@ -103,9 +103,15 @@ pub enum SecretCommand {
         value: ValueSource,
     },
     /// List secrets (names and metadata, never values).
-    Ls { prefix: Option<String> },
-    Describe { name: String },
-    Versions { name: String },
+    Ls {
+        prefix: Option<String>,
+    },
+    Describe {
+        name: String,
+    },
+    Versions {
+        name: String,
+    },
     /// Delete: soft (recoverable for N days) unless --force.
     Rm {
         name: String,
@@ -114,7 +120,9 @@ pub enum SecretCommand {
         #[arg(long)]
         recovery_days: Option<u32>,
     },
-    Restore { name: String },
+    Restore {
+        name: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -132,16 +140,25 @@ pub enum TokenCommand {
     },
     Ls,
     /// Revoke a token (and the tokens minted from it).
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCommand {
     /// Create or replace a policy from a JSON file `{"rules": [...]}`.
-    Put { name: String, file: PathBuf },
-    Get { name: String },
+    Put {
+        name: String,
+        file: PathBuf,
+    },
+    Get {
+        name: String,
+    },
     Ls,
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -154,7 +171,9 @@ pub enum PluginCommand {
     },
     Ls,
     /// Versions, info and parameters of a plugin.
-    Describe { name: String },
+    Describe {
+        name: String,
+    },
     /// Remove a plugin (every version, or one).
     Rm {
         name: String,
@@ -164,9 +183,7 @@ pub enum PluginCommand {
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{s:?} is not key=value"))
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 struct Client {
@@ -183,9 +200,7 @@ impl Client {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
-        let output = args
-            .output
-            .unwrap_or(if std::io::stdout().is_terminal() { Output::Table } else { Output::Json });
+        let output = args.output.unwrap_or(if std::io::stdout().is_terminal() { Output::Table } else { Output::Json });
         Ok(Client {
             http: builder.build()?,
             addr: args.addr.trim_end_matches('/').to_owned(),
@@ -271,13 +286,25 @@ pub async fn secret(args: ClientArgs, cmd: SecretCommand) -> anyhow::Result<()> 
                 "tags": tags.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
             let out = c.call(Method::POST, "/v1/secrets", Some(&body)).await?;
-            c.print(&out, |v| println!("created {} version {}", v["name"].as_str().unwrap_or(""), v["version_id"].as_str().unwrap_or("")));
+            c.print(&out, |v| {
+                println!(
+                    "created {} version {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version_id"].as_str().unwrap_or("")
+                )
+            });
         }
         SecretCommand::Put { name, value } => {
             let value = value.read()?;
             let body = json!({ "value": value.as_str() });
             let out = c.call(Method::POST, &format!("{}:versions", secret_path(&name)), Some(&body)).await?;
-            c.print(&out, |v| println!("stored {} version {}", v["name"].as_str().unwrap_or(""), v["version_id"].as_str().unwrap_or("")));
+            c.print(&out, |v| {
+                println!(
+                    "stored {} version {}",
+                    v["name"].as_str().unwrap_or(""),
+                    v["version_id"].as_str().unwrap_or("")
+                )
+            });
         }
         SecretCommand::Get { name, label, version_id, field } => {
             let query = match (label, version_id) {

@@ -98,7 +98,8 @@ pub async fn rotation(args: ClientArgs, cmd: RotationCommand) -> anyhow::Result<
                     list.push(Value::String(target));
                 }
             }
-            let mut body = json!({ "plugin": plugin, "schedule": schedule, "params": p, "grants": g, "rotate_now": now });
+            let mut body =
+                json!({ "plugin": plugin, "schedule": schedule, "params": p, "grants": g, "rotate_now": now });
             if let Some(v) = plugin_version {
                 body["plugin_version"] = json!(v);
             }
@@ -181,7 +182,17 @@ pub async fn history(args: ClientArgs, name: String) -> anyhow::Result<()> {
 }
 
 fn print_config(v: &Value) {
-    for key in ["secret", "plugin", "plugin_version", "plugin_sha256", "schedule", "window", "max_attempts", "next_due", "running_rotation_id"] {
+    for key in [
+        "secret",
+        "plugin",
+        "plugin_version",
+        "plugin_sha256",
+        "schedule",
+        "window",
+        "max_attempts",
+        "next_due",
+        "running_rotation_id",
+    ] {
         match &v[key] {
             Value::Null => {}
             Value::String(s) => println!("{key}: {s}"),

@@ -6,10 +6,10 @@
 use super::runtime::{LoadedPlugin, PluginErrorKind, PluginInfo, Runtime};
 use crate::audit::RequestAudit;
 use crate::error::{Error, Result};
-use crate::store::Keys;
-use axum::http::StatusCode;
 use crate::model::{now_millis, rfc3339};
+use crate::store::Keys;
 use crate::store::Store;
+use axum::http::StatusCode;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -112,9 +112,10 @@ impl Registry {
         tracing::info!(cached, compiled, elapsed_ms = started.elapsed().as_millis() as u64, "stored plugins loaded");
         // After the stored ones, so an unchanged built-in is found already loaded.
         for (name, wasm) in builtins {
-            registry.register(name, wasm.to_vec(), None, true, Commit::Startup).await.map_err(|e| {
-                anyhow::anyhow!("built-in plugin {name} could not be registered: {}", e.message())
-            })?;
+            registry
+                .register(name, wasm.to_vec(), None, true, Commit::Startup)
+                .await
+                .map_err(|e| anyhow::anyhow!("built-in plugin {name} could not be registered: {}", e.message()))?;
         }
         Ok(registry)
     }
@@ -125,10 +126,7 @@ impl Registry {
 
     fn insert_loaded(&self, plugin: LoadedPlugin) -> Arc<LoadedPlugin> {
         let plugin = Arc::new(plugin);
-        self.loaded
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(plugin.sha256.clone(), plugin.clone());
+        self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(plugin.sha256.clone(), plugin.clone());
         plugin
     }
 
@@ -140,9 +138,10 @@ impl Registry {
     /// The version with these exact bytes (what a rotation config pins) and
     /// its loaded code; not found once that version was removed.
     pub async fn get_pinned(&self, name: &str, sha256: &str) -> Result<(PluginVersion, Arc<LoadedPlugin>)> {
-        let v = self.find_by_sha(name, sha256).await?.ok_or_else(|| {
-            Error::not_found(format!("plugin '{name}' has no version with sha256 {sha256} any more"))
-        })?;
+        let v = self
+            .find_by_sha(name, sha256)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("plugin '{name}' has no version with sha256 {sha256} any more")))?;
         let loaded = self
             .loaded_plugin(&v.sha256)
             .ok_or_else(|| Error::internal(format!("plugin '{name}' version {} is not loaded", v.version)))?;
@@ -208,7 +207,11 @@ impl Registry {
                 let wasm = Arc::new(wasm.clone());
                 let loaded = self.runtime.load(&sha, wasm).await.map_err(|e| match e.kind {
                     PluginErrorKind::Invalid => Error::invalid(format!("plugin '{name}' was refused: {}", e.message)),
-                    _ => Error::invalid(format!("plugin '{name}' failed while describing itself ({}): {}", e.code(), e.message)),
+                    _ => Error::invalid(format!(
+                        "plugin '{name}' failed while describing itself ({}): {}",
+                        e.code(),
+                        e.message
+                    )),
                 })?;
                 self.insert_loaded(loaded)
             }
@@ -219,11 +222,10 @@ impl Registry {
         let now = now_millis();
         let version = self
             .commit(how, StatusCode::CREATED, move |tx, _| {
-                let version: i64 = tx.query_row(
-                    "SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = ?1",
-                    [&n],
-                    |r| r.get(0),
-                )?;
+                let version: i64 =
+                    tx.query_row("SELECT coalesce(max(version), 0) + 1 FROM plugins WHERE name = ?1", [&n], |r| {
+                        r.get(0)
+                    })?;
                 tx.execute(
                     "INSERT INTO plugins (name, version, sha256, wasm, info, builtin, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

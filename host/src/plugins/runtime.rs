@@ -268,7 +268,12 @@ impl Runtime {
         self.prepare(sha256, &component, from_cache).await
     }
 
-    async fn prepare(&self, sha256: &str, component: &Component, from_cache: bool) -> Result<LoadedPlugin, PluginError> {
+    async fn prepare(
+        &self,
+        sha256: &str,
+        component: &Component,
+        from_cache: bool,
+    ) -> Result<LoadedPlugin, PluginError> {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
             PluginError::new(
                 PluginErrorKind::Invalid,
@@ -294,7 +299,13 @@ impl Runtime {
     }
 
     /// Runs one rotation step of `plugin` with the given input.
-    pub async fn run_step(&self, plugin: &LoadedPlugin, step: Step, input: wit::StepInput, ctx: CallContext) -> StepOutcome {
+    pub async fn run_step(
+        &self,
+        plugin: &LoadedPlugin,
+        step: Step,
+        input: wit::StepInput,
+        ctx: CallContext,
+    ) -> StepOutcome {
         let mut redactions = Redactions::default();
         for v in [&input.current, &input.pending, &input.previous, &input.fell_off].into_iter().flatten() {
             redactions.add(&v.value);
@@ -314,10 +325,18 @@ impl Runtime {
         };
         let output = CapturedOutput::default();
         let Ok(_permit) = self.calls.acquire().await else {
-            return StepOutcome { result: Err(host("plugin call pool closed")), log: String::new(), duration: started.elapsed() };
+            return StepOutcome {
+                result: Err(host("plugin call pool closed")),
+                log: String::new(),
+                duration: started.elapsed(),
+            };
         };
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(output.clone()).stderr(output.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        wasi.stdout(output.clone())
+            .stderr(output.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         let state = PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -379,7 +398,9 @@ async fn invoke(
         Call::Info => {
             let info = rotator.call_info(&mut *store).await?;
             let params_schema = match info.params_schema {
-                Some(s) => Some(serde_json::from_str(&s).map_err(|e| wasmtime::format_err!("params-schema is not JSON: {e}"))?),
+                Some(s) => Some(
+                    serde_json::from_str(&s).map_err(|e| wasmtime::format_err!("params-schema is not JSON: {e}"))?,
+                ),
                 None => None,
             };
             let info = PluginInfo {
@@ -392,7 +413,9 @@ async fn invoke(
             };
             return Ok(Ok(Some(Zeroizing::new(serde_json::to_string(&info)?))));
         }
-        Call::Step(Step::Create, input) => rotator.call_create(&mut *store, &input).await?.map(|v| Some(Zeroizing::new(v))),
+        Call::Step(Step::Create, input) => {
+            rotator.call_create(&mut *store, &input).await?.map(|v| Some(Zeroizing::new(v)))
+        }
         Call::Step(Step::Set, input) => rotator.call_set(&mut *store, &input).await?.map(|()| None),
         Call::Step(Step::Test, input) => rotator.call_test(&mut *store, &input).await?.map(|()| None),
         Call::Step(Step::Finish, input) => rotator.call_finish(&mut *store, &input).await?.map(|()| None),

@@ -304,10 +304,7 @@ pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> Result<Vec<Cla
         .collect::<rusqlite::Result<_>>()?;
     let mut claimed = Vec::with_capacity(due.len());
     for (secret_id, name, slot) in due {
-        tx.execute(
-            "UPDATE rotation_configs SET next_slot = NULL, next_due = NULL WHERE secret_id = ?1",
-            [secret_id],
-        )?;
+        tx.execute("UPDATE rotation_configs SET next_slot = NULL, next_due = NULL WHERE secret_id = ?1", [secret_id])?;
         let Ok(secret) = SecretName::parse(&name) else { continue };
         let Some(c) = load(tx, secret_id)? else { continue };
         // A secret in its recovery window is not rotated; restoring it does

@@ -127,9 +127,17 @@ async fn run_step(engine: &Engine, p: &Prepared) -> (Outcome, String) {
             return (Outcome::Failed(f), String::new());
         }
     };
-    let grants = match serde_json::from_str::<GrantsSpec>(&row.grants).map_err(|e| e.to_string()).and_then(|g| g.parse().map_err(|e| e.message().to_owned())) {
+    let grants = match serde_json::from_str::<GrantsSpec>(&row.grants)
+        .map_err(|e| e.to_string())
+        .and_then(|g| g.parse().map_err(|e| e.message().to_owned()))
+    {
         Ok(g) => g,
-        Err(e) => return (Outcome::Failed(Failure::host("invalid_config", format!("the stored grants no longer parse: {e}"))), String::new()),
+        Err(e) => {
+            return (
+                Outcome::Failed(Failure::host("invalid_config", format!("the stored grants no longer parse: {e}"))),
+                String::new(),
+            );
+        }
     };
     let secret = SecretName::parse(&row.secret_name).ok();
     let ctx = CallContext {
@@ -178,7 +186,10 @@ fn created(v: Zeroizing<String>) -> Outcome {
     // The message names the rule broken, never the value.
     match SecretValue::parse(v) {
         Ok(value) => Outcome::Created(value),
-        Err(e) => Outcome::Failed(Failure::host("invalid_value", format!("create returned a value tumbler cannot store: {}", e.message()))),
+        Err(e) => Outcome::Failed(Failure::host(
+            "invalid_value",
+            format!("create returned a value tumbler cannot store: {}", e.message()),
+        )),
     }
 }
 

@@ -42,11 +42,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            concurrency: 4,
-            max_attempts: 5,
-            backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 },
-        }
+        Settings { concurrency: 4, max_attempts: 5, backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 } }
     }
 }
 
@@ -120,7 +116,12 @@ impl Engine {
 
     /// [`Engine::drive`] with a slot already taken and the first step
     /// already begun (by the scheduler).
-    fn drive_with(self: &Arc<Self>, id: String, slot: Option<tokio::sync::OwnedSemaphorePermit>, first: Option<state::Next>) {
+    fn drive_with(
+        self: &Arc<Self>,
+        id: String,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        first: Option<state::Next>,
+    ) {
         let fresh = self.driving.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
         if fresh {
             tokio::spawn(machine::drive(self.clone(), id, slot, first));

@@ -80,17 +80,19 @@ async fn tick(engine: &Arc<Engine>) -> crate::error::Result<Duration> {
     for id in running {
         engine.drive(id);
     }
-    let (earliest, due) = engine
-        .store
-        .read(move |c, _| Ok((config::earliest_due(c)?, config::due_count(c, now_millis())?)))
-        .await?;
+    let (earliest, due) =
+        engine.store.read(move |c, _| Ok((config::earliest_due(c)?, config::due_count(c, now_millis())?))).await?;
     let m = metrics();
     m.scheduler_queue_depth.set(&[], due as f64);
     m.scheduler_next_due.set(&[], earliest.map_or(0.0, |t| t as f64 / 1000.0));
     Ok(match earliest {
         // Due but no slot free: a finishing rotation wakes us.
         Some(t) if t <= now_millis() => {
-            if engine.slots.available_permits() > 0 { Duration::ZERO } else { MAX_SLEEP }
+            if engine.slots.available_permits() > 0 {
+                Duration::ZERO
+            } else {
+                MAX_SLEEP
+            }
         }
         Some(t) => Duration::from_millis((t - now_millis()).max(0) as u64).min(MAX_SLEEP),
         None => MAX_SLEEP,

@@ -183,7 +183,9 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RotationRow> {
 
 pub fn load(conn: &Connection, id: &str) -> Result<Option<RotationRow>> {
     Ok(conn
-        .prepare_cached(&format!("SELECT {ROW_COLS} FROM rotations r JOIN secrets s ON s.id = r.secret_id WHERE r.id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {ROW_COLS} FROM rotations r JOIN secrets s ON s.id = r.secret_id WHERE r.id = ?1"
+        ))?
         .query_row([id], row)
         .optional()?)
 }
@@ -418,7 +420,8 @@ fn begin_checked(tx: &Transaction<'_>, keys: &Keys, audit: &AuditLog, checked: C
         params![now, row.id],
     )?;
     if interrupted > 0 {
-        let entry = Entry::rotation_step(&row.secret_name, &row.id, &row.plugin, row.step.as_str(), row.attempt, "interrupted");
+        let entry =
+            Entry::rotation_step(&row.secret_name, &row.id, &row.plugin, row.step.as_str(), row.attempt, "interrupted");
         audit.append_in(tx, keys, &[entry])?;
     }
     if row.attempt >= row.max_attempts {
@@ -639,9 +642,8 @@ fn record_attempt(
     let log_sealed = (!log.is_empty())
         .then(|| seal(tx, keys, row.secret_id, &format!("rotation:{}:{seq}:log", row.id), log))
         .transpose()?;
-    let error_sealed = error
-        .map(|e| seal(tx, keys, row.secret_id, &format!("rotation:{}:{seq}:error", row.id), e))
-        .transpose()?;
+    let error_sealed =
+        error.map(|e| seal(tx, keys, row.secret_id, &format!("rotation:{}:{seq}:error", row.id), e)).transpose()?;
     let (ln, ls) = log_sealed.unzip();
     let (en, es) = error_sealed.unzip();
     tx.execute(
@@ -735,7 +737,8 @@ pub fn record(conn: &Connection, keys: &Keys, row: RotationRow, reveal: bool) ->
             let started: i64 = r.get(3)?;
             let finished: Option<i64> = r.get(4)?;
             let log: Option<(Vec<u8>, Vec<u8>)> = r.get::<_, Option<Vec<u8>>>(6)?.zip(r.get::<_, Option<Vec<u8>>>(7)?);
-            let error: Option<(Vec<u8>, Vec<u8>)> = r.get::<_, Option<Vec<u8>>>(8)?.zip(r.get::<_, Option<Vec<u8>>>(9)?);
+            let error: Option<(Vec<u8>, Vec<u8>)> =
+                r.get::<_, Option<Vec<u8>>>(8)?.zip(r.get::<_, Option<Vec<u8>>>(9)?);
             let opened = |what: &str, sealed: Option<(Vec<u8>, Vec<u8>)>| -> Option<String> {
                 let (dek, sealed) = (dek.as_ref()?, sealed?);
                 open(dek, row.secret_id, &format!("rotation:{}:{seq}:{what}", row.id), &sealed)
@@ -818,5 +821,7 @@ pub fn secret_id(conn: &Connection, secret: &SecretName) -> Result<i64> {
 }
 
 pub fn error_for_missing(id: &str) -> Error {
-    Error::not_found(format!("no rotation has id '{id}'; list a secret's rotations with GET /v1/secrets/NAME:rotations"))
+    Error::not_found(format!(
+        "no rotation has id '{id}'; list a secret's rotations with GET /v1/secrets/NAME:rotations"
+    ))
 }

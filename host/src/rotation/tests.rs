@@ -36,7 +36,13 @@ async fn setup() -> (tempfile::TempDir, Store, AuditLog) {
     let (dir, store) = test_store();
     store
         .write(|tx, keys| {
-            let new = NewSecret { name: name(), value: value("v0"), description: String::new(), tags: Tags::new(), client_token: None };
+            let new = NewSecret {
+                name: name(),
+                value: value("v0"),
+                description: String::new(),
+                tags: Tags::new(),
+                client_token: None,
+            };
             secrets::create(tx, keys, new).map(|_| ())
         })
         .await
@@ -60,10 +66,7 @@ async fn begin(store: &Store, audit: &AuditLog, id: &str, cursor: Cursor) -> Nex
 
 async fn advance(store: &Store, audit: &AuditLog, id: &str, cursor: Cursor, outcome: Outcome) -> Next {
     let (a, i) = (audit.clone(), id.to_owned());
-    store
-        .write(move |tx, keys| state::advance(tx, keys, &a, &i, cursor, outcome, "log line", BACKOFF))
-        .await
-        .unwrap()
+    store.write(move |tx, keys| state::advance(tx, keys, &a, &i, cursor, outcome, "log line", BACKOFF)).await.unwrap()
 }
 
 fn run(next: Next) -> Cursor {
@@ -134,11 +137,24 @@ async fn a_crash_resumes_the_recorded_step_as_a_new_attempt() {
     let c = run(begin(&store, &audit, &id, Cursor { step: Step::Create, attempt: 0 }).await);
     let set = run(advance(&store, &audit, &id, c, Outcome::Created(value("v1"))).await);
     // The process dies inside `set`; at start the row says set, attempt 1.
-    let row = store.read({ let id = id.clone(); move |c, _| state::load(c, &id) }).await.unwrap().unwrap();
+    let row = store
+        .read({
+            let id = id.clone();
+            move |c, _| state::load(c, &id)
+        })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.cursor(), set);
     let again = run(begin(&store, &audit, &id, row.cursor()).await);
     assert_eq!(again, Cursor { step: Step::Set, attempt: 2 });
-    let record = store.read({ let id = id.clone(); move |c, k| state::record(c, k, state::load(c, &id)?.unwrap(), true) }).await.unwrap();
+    let record = store
+        .read({
+            let id = id.clone();
+            move |c, k| state::record(c, k, state::load(c, &id)?.unwrap(), true)
+        })
+        .await
+        .unwrap();
     let outcomes: Vec<_> = record.attempts.iter().map(|a| (a.step.clone(), a.outcome.clone())).collect();
     assert_eq!(outcomes[1], ("set".to_owned(), Some("interrupted".to_owned())));
     assert_eq!(version_count(&store).await, 2, "create did not run again");
@@ -151,7 +167,8 @@ async fn retries_then_failure_drop_pending_and_leave_current() {
     let id = start(&store, 2).await;
     let c = run(begin(&store, &audit, &id, Cursor { step: Step::Create, attempt: 0 }).await);
     let c = run(advance(&store, &audit, &id, c, Outcome::Created(value("v1"))).await);
-    let failure = || Outcome::Failed(Failure { code: "plugin_retryable".into(), message: "target down".into(), retryable: true });
+    let failure =
+        || Outcome::Failed(Failure { code: "plugin_retryable".into(), message: "target down".into(), retryable: true });
     let Next::RetryAt(at) = advance(&store, &audit, &id, c, failure()).await else { panic!("expected a retry") };
     assert!(at > crate::model::now_millis() - 1000);
     let c = run(begin(&store, &audit, &id, c).await);
@@ -197,14 +214,25 @@ async fn pending_belongs_to_the_running_rotation() {
     let e = store.write(move |tx, _| secrets::move_label(tx, &name(), &Label::current(), &p)).await.err().unwrap();
     assert_eq!(e.kind, Kind::Conflict);
     // A new current is allowed, and then the rotation stops as superseded.
-    store.write(|tx, k| secrets::put_version(tx, k, &name(), &value("manual"), None, &[Label::current()])).await.unwrap();
+    store
+        .write(|tx, k| secrets::put_version(tx, k, &name(), &value("manual"), None, &[Label::current()]))
+        .await
+        .unwrap();
     let set = Cursor { step: Step::Set, attempt: 1 };
     match advance(&store, &audit, &id, set, Outcome::Done).await {
         Next::Ended(e) => assert_eq!(e.error_code.as_deref(), Some("superseded")),
         _ => panic!("expected the rotation to stop"),
     }
     assert_eq!(label(&store, "pending").await, None);
-    assert_eq!(store.read(|c, k| secrets::read_value(c, k, &name(), &Selector::Label(Label::current()))).await.unwrap().value.expose(), "manual");
+    assert_eq!(
+        store
+            .read(|c, k| secrets::read_value(c, k, &name(), &Selector::Label(Label::current())))
+            .await
+            .unwrap()
+            .value
+            .expose(),
+        "manual"
+    );
 }
 
 #[tokio::test]
@@ -220,10 +248,7 @@ async fn a_metadata_change_does_not_stop_a_rotation() {
 async fn one_rotation_per_secret() {
     let (_d, store, _audit) = setup().await;
     let first = start(&store, 5).await;
-    let second = store
-        .write(move |tx, _| state::start(tx, &name(), &pinned(5), Trigger::Manual, None))
-        .await
-        .unwrap();
+    let second = store.write(move |tx, _| state::start(tx, &name(), &pinned(5), Trigger::Manual, None)).await.unwrap();
     assert!(second.already_running);
     assert_eq!(second.rotation_id, first);
 }

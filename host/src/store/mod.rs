@@ -70,10 +70,7 @@ impl Store {
         let conn = open_connection(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         migrations::apply(&conn)?;
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('kek_id', ?1)",
-            [master.id()],
-        )?;
+        conn.execute("INSERT INTO meta (key, value) VALUES ('kek_id', ?1)", [master.id()])?;
         drop(conn);
         Self::open_checked(data_dir, master)
     }
@@ -133,10 +130,7 @@ impl Store {
     }
 
     /// The synchronous form of [`Store::write`], for offline commands.
-    pub fn write_blocking<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>,
-    ) -> Result<T> {
+    pub fn write_blocking<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
         self.inner.write_now(f)
     }
 }
@@ -157,10 +151,7 @@ impl Inner {
         self.reader_returned.notify_one();
     }
 
-    fn write_now<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>,
-    ) -> Result<T> {
+    fn write_now<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.keys)?;
@@ -170,9 +161,7 @@ impl Inner {
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("storage task failed: {e}")))?
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {

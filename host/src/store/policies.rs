@@ -20,10 +20,8 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<Vec<Rule>>> {
         .prepare_cached("SELECT rules FROM policies WHERE name = ?1")?
         .query_row([name], |r| r.get(0))
         .optional()?;
-    json.map(|j| {
-        serde_json::from_str(&j).map_err(|e| Error::internal(format!("policy '{name}' is unreadable: {e}")))
-    })
-    .transpose()
+    json.map(|j| serde_json::from_str(&j).map_err(|e| Error::internal(format!("policy '{name}' is unreadable: {e}"))))
+        .transpose()
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<String>> {

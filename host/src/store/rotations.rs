@@ -32,8 +32,7 @@ pub fn plugin_users(conn: &Connection, plugin: &str, version: Option<i64>, limit
          WHERE c.plugin = ?1 AND (?2 IS NULL OR c.plugin_version = ?2)
          ORDER BY s.name LIMIT ?3",
     )?;
-    let names = stmt
-        .query_map(params![plugin, version, limit as i64], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let names =
+        stmt.query_map(params![plugin, version, limit as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     Ok(names)
 }

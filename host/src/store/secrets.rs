@@ -89,9 +89,7 @@ pub fn validate_tags(tags: &Tags) -> Result<()> {
     }
     for (k, v) in tags {
         if k.is_empty() || k.len() > 128 || v.len() > 256 {
-            return Err(Error::invalid(format!(
-                "tag {k:?}: keys need 1-128 characters and values at most 256"
-            )));
+            return Err(Error::invalid(format!("tag {k:?}: keys need 1-128 characters and values at most 256")));
         }
     }
     Ok(())
@@ -182,12 +180,7 @@ pub fn move_label(tx: &Transaction<'_>, name: &SecretName, label: &Label, versio
     bump_generation(tx, &row, now_millis())
 }
 
-pub fn patch(
-    tx: &Transaction<'_>,
-    name: &SecretName,
-    description: Option<String>,
-    tags: Option<Tags>,
-) -> Result<()> {
+pub fn patch(tx: &Transaction<'_>, name: &SecretName, description: Option<String>, tags: Option<Tags>) -> Result<()> {
     let row = live(tx, name)?;
     if let Some(d) = description {
         tx.execute("UPDATE secrets SET description = ?1 WHERE id = ?2", params![d, row.id])?;
@@ -231,9 +224,9 @@ pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selec
         )),
     })?;
     let dek = unwrap_dek(conn, keys, row.id)?;
-    let plain = dek.decrypt(row.id, &version_id, &nonce, &ciphertext).map_err(|e| {
-        Error::internal(format!("version {version_id} of secret '{name}' failed to decrypt: {e}"))
-    })?;
+    let plain = dek
+        .decrypt(row.id, &version_id, &nonce, &ciphertext)
+        .map_err(|e| Error::internal(format!("version {version_id} of secret '{name}' failed to decrypt: {e}")))?;
     // The labels come from the statement that found the version: a reader
     // sees them as they were at that instant, not after a later label move.
     let mut labels: Vec<String> = labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
@@ -291,10 +284,7 @@ pub fn list(
     ))?;
     loop {
         let batch: Vec<SecretSummary> = stmt
-            .query_map(
-                params![after, q.prefix, upper, q.include_deleted, BATCH as i64],
-                summary_cols,
-            )?
+            .query_map(params![after, q.prefix, upper, q.include_deleted, BATCH as i64], summary_cols)?
             .collect::<rusqlite::Result<_>>()?;
         let exhausted = batch.len() < BATCH;
         for s in batch {
@@ -318,10 +308,7 @@ pub fn soft_delete(tx: &Transaction<'_>, name: &SecretName, days: RecoveryDays) 
     let row = live(tx, name)?;
     let now = now_millis();
     let purge_at = now + days.millis();
-    tx.execute(
-        "UPDATE secrets SET deleted_at = ?1, purge_at = ?2 WHERE id = ?3",
-        params![now, purge_at, row.id],
-    )?;
+    tx.execute("UPDATE secrets SET deleted_at = ?1, purge_at = ?2 WHERE id = ?3", params![now, purge_at, row.id])?;
     bump_generation(tx, &row, now)?;
     Ok(rfc3339(purge_at))
 }
@@ -519,11 +506,9 @@ fn replay(
 
 fn version_exists(conn: &Connection, secret_id: i64, name: &SecretName, version_id: &str) -> Result<()> {
     let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM versions WHERE secret_id = ?1 AND id = ?2",
-            params![secret_id, version_id],
-            |r| r.get(0),
-        )
+        .query_row("SELECT 1 FROM versions WHERE secret_id = ?1 AND id = ?2", params![secret_id, version_id], |r| {
+            r.get(0)
+        })
         .optional()?;
     found.map(|_| ()).ok_or_else(|| {
         Error::not_found(format!(
@@ -615,8 +600,7 @@ fn version_list(conn: &Connection, secret_id: i64) -> Result<Vec<VersionInfo>> {
     let rows = stmt
         .query_map([secret_id], |r| {
             let labels: Option<String> = r.get(2)?;
-            let mut labels: Vec<String> =
-                labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
+            let mut labels: Vec<String> = labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
             labels.sort();
             Ok(VersionInfo { version_id: r.get(0)?, created_at: rfc3339(r.get(1)?), labels })
         })?
@@ -683,10 +667,8 @@ mod tests {
             .unwrap();
         let f = first.clone();
         store.write(move |tx, _| move_label(tx, &name("m"), &Label::current(), &f)).await.unwrap();
-        let read = store
-            .read(|c, k| read_value(c, k, &name("m"), &Selector::Label(Label::parse("previous")?)))
-            .await
-            .unwrap();
+        let read =
+            store.read(|c, k| read_value(c, k, &name("m"), &Selector::Label(Label::parse("previous")?))).await.unwrap();
         assert_eq!(read.version_id, second);
         assert_eq!(read.value.expose(), "two");
     }

@@ -71,8 +71,7 @@ pub fn by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
 /// Revokes a token and every token minted from it. Returns how many rows changed,
 /// or `None` if no token has that id.
 pub fn revoke_tree(tx: &Transaction<'_>, id: &str, now: i64) -> Result<Option<usize>> {
-    let exists: Option<i64> =
-        tx.query_row("SELECT 1 FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    let exists: Option<i64> = tx.query_row("SELECT 1 FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     if exists.is_none() {
         return Ok(None);
     }

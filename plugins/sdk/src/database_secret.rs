@@ -48,8 +48,8 @@ impl fmt::Debug for DatabaseSecret {
 impl DatabaseSecret {
     /// Parses a secret's value. A fatal error says which field is wrong.
     pub fn parse(value: &str) -> Result<Self, StepError> {
-        let mut fields = parse_object(value)
-            .ok_or_else(|| StepError::fatal("the secret's value is not a JSON object"))?;
+        let mut fields =
+            parse_object(value).ok_or_else(|| StepError::fatal("the secret's value is not a JSON object"))?;
         let (port, port_as_text) = take_port(&mut fields)?;
         Ok(DatabaseSecret {
             engine: take_required_text(&mut fields, "engine")?,
@@ -69,11 +69,7 @@ impl DatabaseSecret {
         fields.insert("engine".into(), self.engine.clone().into());
         fields.insert("host".into(), self.host.clone().into());
         if let Some(port) = self.port {
-            let port = if self.port_as_text {
-                port.to_string().into()
-            } else {
-                port.into()
-            };
+            let port = if self.port_as_text { port.to_string().into() } else { port.into() };
             fields.insert("port".into(), port);
         }
         fields.insert("username".into(), self.username.clone().into());
@@ -91,9 +87,7 @@ impl DatabaseSecret {
         match self.engine.as_str() {
             "postgres" | "postgresql" | "aurora-postgresql" => Ok(Engine::Postgres),
             "mysql" | "mariadb" | "aurora-mysql" | "aurora" => Ok(Engine::Mysql),
-            other => Err(StepError::fatal(format!(
-                "engine {other:?} is not supported: use postgres or mysql"
-            ))),
+            other => Err(StepError::fatal(format!("engine {other:?} is not supported: use postgres or mysql"))),
         }
     }
 
@@ -133,15 +127,12 @@ fn take_text(fields: &mut Map<String, Value>, name: &str) -> Result<Option<Strin
     match fields.shift_remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(StepError::fatal(format!(
-            "field {name:?} of the secret must be a string"
-        ))),
+        Some(_) => Err(StepError::fatal(format!("field {name:?} of the secret must be a string"))),
     }
 }
 
 fn take_required_text(fields: &mut Map<String, Value>, name: &str) -> Result<String, StepError> {
-    take_text(fields, name)?
-        .ok_or_else(|| StepError::fatal(format!("the secret has no {name:?} field")))
+    take_text(fields, name)?.ok_or_else(|| StepError::fatal(format!("the secret has no {name:?} field")))
 }
 
 /// The port and whether it was written as text (`"5432"`).
@@ -150,10 +141,7 @@ fn take_port(fields: &mut Map<String, Value>) -> Result<(Option<u16>, bool), Ste
     match fields.shift_remove("port") {
         None | Some(Value::Null) => Ok((None, false)),
         Some(Value::Number(n)) => {
-            let port = n
-                .as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .ok_or_else(bad_port)?;
+            let port = n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(bad_port)?;
             Ok((Some(port), false))
         }
         Some(Value::String(text)) => Ok((Some(text.trim().parse().map_err(|_| bad_port())?), true)),
@@ -196,37 +184,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_field_but_never_the_value() {
-        let wrong_type =
-            r#"{"engine":"postgres","host":"h","username":"u","password":["s3cr3t-value"]}"#;
-        let message = DatabaseSecret::parse(wrong_type)
-            .unwrap_err()
-            .message()
-            .to_owned();
-        assert!(
-            message.contains("password") && !message.contains("s3cr3t"),
-            "{message}"
-        );
+        let wrong_type = r#"{"engine":"postgres","host":"h","username":"u","password":["s3cr3t-value"]}"#;
+        let message = DatabaseSecret::parse(wrong_type).unwrap_err().message().to_owned();
+        assert!(message.contains("password") && !message.contains("s3cr3t"), "{message}");
 
         let missing = r#"{"engine":"postgres","host":"h","password":"s3cr3t-value"}"#;
-        let message = DatabaseSecret::parse(missing)
-            .unwrap_err()
-            .message()
-            .to_owned();
-        assert!(
-            message.contains("username") && !message.contains("s3cr3t"),
-            "{message}"
-        );
+        let message = DatabaseSecret::parse(missing).unwrap_err().message().to_owned();
+        assert!(message.contains("username") && !message.contains("s3cr3t"), "{message}");
 
-        let bad_port =
-            r#"{"engine":"postgres","host":"h","port":"s3cr3t","username":"u","password":"p"}"#;
-        let message = DatabaseSecret::parse(bad_port)
-            .unwrap_err()
-            .message()
-            .to_owned();
-        assert!(
-            message.contains("port") && !message.contains("s3cr3t"),
-            "{message}"
-        );
+        let bad_port = r#"{"engine":"postgres","host":"h","port":"s3cr3t","username":"u","password":"p"}"#;
+        let message = DatabaseSecret::parse(bad_port).unwrap_err().message().to_owned();
+        assert!(message.contains("port") && !message.contains("s3cr3t"), "{message}");
 
         assert!(DatabaseSecret::parse("s3cr3t-value").is_err());
     }
@@ -234,19 +202,14 @@ mod tests {
     #[test]
     fn debug_redacts_the_password() {
         let shown = format!("{:?}", DatabaseSecret::parse(AWS_SECRET).unwrap());
-        assert!(
-            shown.contains("db.internal") && !shown.contains("s3cr3t"),
-            "{shown}"
-        );
+        assert!(shown.contains("db.internal") && !shown.contains("s3cr3t"), "{shown}");
     }
 
     #[test]
     fn engines_map_to_sql_engines_with_their_default_port() {
         let mut secret = DatabaseSecret::parse(AWS_SECRET).unwrap();
         secret.port = None;
-        let options = secret
-            .connect_options(Credentials::FromSecret(crate::SecretRef::Current))
-            .unwrap();
+        let options = secret.connect_options(Credentials::FromSecret(crate::SecretRef::Current)).unwrap();
         assert_eq!((options.engine, options.port), (Engine::Postgres, 5432));
         assert_eq!(options.database.as_deref(), Some("orders"));
         secret.engine = "mariadb".into();

@@ -26,10 +26,7 @@ pub struct Issued {
 
 impl fmt::Debug for Issued {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issued")
-            .field("credential", &Redacted)
-            .field("revoke_handle", &Redacted)
-            .finish()
+        f.debug_struct("Issued").field("credential", &Redacted).field("revoke_handle", &Redacted).finish()
     }
 }
 

@@ -42,10 +42,7 @@ impl ErrorKind {
     /// Whether the same call may succeed later without the operator acting:
     /// a missing grant, a malformed request or a cap hit will not change.
     pub fn is_retryable(self) -> bool {
-        !matches!(
-            self,
-            ErrorKind::Denied | ErrorKind::Invalid | ErrorKind::Limit
-        )
+        !matches!(self, ErrorKind::Denied | ErrorKind::Invalid | ErrorKind::Limit)
     }
 }
 
@@ -73,10 +70,7 @@ mod tests {
     use super::*;
 
     fn host_error(kind: ErrorKind) -> HostError {
-        HostError {
-            kind,
-            message: "sql 10.0.0.5:5432 is not granted".into(),
-        }
+        HostError { kind, message: "sql 10.0.0.5:5432 is not granted".into() }
     }
 
     #[test]

@@ -40,10 +40,7 @@ pub struct Response {
 
 /// `headers` as `[(name, <redacted>)]`.
 fn header_names(headers: &[(String, String)]) -> Vec<(&str, Redacted)> {
-    headers
-        .iter()
-        .map(|(name, _)| (name.as_str(), Redacted))
-        .collect()
+    headers.iter().map(|(name, _)| (name.as_str(), Redacted)).collect()
 }
 
 impl fmt::Debug for Request {
@@ -69,12 +66,7 @@ impl fmt::Debug for Response {
 
 impl Request {
     pub fn new(method: impl Into<String>, url: impl Into<String>) -> Self {
-        Request {
-            method: method.into(),
-            url: url.into(),
-            headers: Vec::new(),
-            body: None,
-        }
+        Request { method: method.into(), url: url.into(), headers: Vec::new(), body: None }
     }
 
     pub fn get(url: impl Into<String>) -> Self {
@@ -119,10 +111,7 @@ impl Response {
 
     /// The first header called `name`, ignoring case.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -161,18 +150,12 @@ mod tests {
     use super::*;
 
     fn response(status: u16) -> Response {
-        Response {
-            status,
-            headers: vec![("Content-Type".into(), "text/plain".into())],
-            body: b"KEY-123".to_vec(),
-        }
+        Response { status, headers: vec![("Content-Type".into(), "text/plain".into())], body: b"KEY-123".to_vec() }
     }
 
     #[test]
     fn debug_hides_header_values_and_bodies() {
-        let request = Request::post("https://api/x")
-            .header("Authorization", "Bearer TOKEN")
-            .body("BODY");
+        let request = Request::post("https://api/x").header("Authorization", "Bearer TOKEN").body("BODY");
         let shown = format!("{request:?} {:?}", response(200));
         assert!(shown.contains("Authorization"), "{shown}");
         for secret in ["TOKEN", "BODY", "KEY-123"] {
@@ -184,10 +167,7 @@ mod tests {
     fn json_bodies_carry_their_content_type() {
         let request = Request::put("https://api/x").json(&serde_json::json!({"a": 1}));
         assert_eq!(request.body.as_deref(), Some(&b"{\"a\":1}"[..]));
-        assert_eq!(
-            request.headers,
-            [("Content-Type".to_owned(), "application/json".to_owned())]
-        );
+        assert_eq!(request.headers, [("Content-Type".to_owned(), "application/json".to_owned())]);
     }
 
     #[test]

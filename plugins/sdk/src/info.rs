@@ -44,11 +44,7 @@ pub struct Info {
 }
 
 impl Info {
-    pub fn new(
-        name: impl Into<String>,
-        version: impl Into<String>,
-        description: impl Into<String>,
-    ) -> Self {
+    pub fn new(name: impl Into<String>, version: impl Into<String>, description: impl Into<String>) -> Self {
         Info {
             name: name.into(),
             version: version.into(),
@@ -74,11 +70,7 @@ impl Info {
             version: self.version,
             description: self.description,
             params_schema: self.params_schema,
-            capabilities: self
-                .capabilities
-                .iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
+            capabilities: self.capabilities.iter().map(|c| c.as_str().to_owned()).collect(),
             dynamic,
         }
     }

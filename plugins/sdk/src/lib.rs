@@ -72,9 +72,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::tumbler::rotator::types::{
-    ErrorKind, HostError, SecretRef, StepError, StepInput,
-};
+pub use bindings::tumbler::rotator::types::{ErrorKind, HostError, SecretRef, StepError, StepInput};
 pub use dynamic::{IssueRequest, Issued};
 pub use info::{Capability, Info};
 pub use rotator::Rotator;

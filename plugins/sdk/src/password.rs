@@ -51,11 +51,7 @@ impl PasswordOptions {
     /// Letters and digits only, each type at least once: safe to paste in
     /// a shell, a URL or a connection string.
     pub fn alphanumeric(length: u32) -> Self {
-        PasswordOptions {
-            length,
-            exclude_punctuation: true,
-            ..Self::default()
-        }
+        PasswordOptions { length, exclude_punctuation: true, ..Self::default() }
     }
 
     /// The JSON Schema of these options, for a rotator's
@@ -97,18 +93,12 @@ impl fmt::Display for PasswordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PasswordError::LengthOutOfRange(length) => {
-                write!(
-                    f,
-                    "password length {length} is out of range (1 to {MAX_LENGTH})"
-                )
+                write!(f, "password length {length} is out of range (1 to {MAX_LENGTH})")
             }
-            PasswordError::NoCharacters => {
-                f.write_str("the password options exclude every character")
+            PasswordError::NoCharacters => f.write_str("the password options exclude every character"),
+            PasswordError::TooShort { length, types } => {
+                write!(f, "a password of {length} characters cannot hold one of each of its {types} character types")
             }
-            PasswordError::TooShort { length, types } => write!(
-                f,
-                "a password of {length} characters cannot hold one of each of its {types} character types"
-            ),
             PasswordError::Random(reason) => write!(f, "no randomness available: {reason}"),
         }
     }
@@ -144,11 +134,8 @@ fn generate_with(
     if !(1..=MAX_LENGTH).contains(&options.length) {
         return Err(PasswordError::LengthOutOfRange(options.length));
     }
-    let allowed = |set: &str| -> Vec<char> {
-        set.chars()
-            .filter(|c| !options.exclude_characters.contains(*c))
-            .collect()
-    };
+    let allowed =
+        |set: &str| -> Vec<char> { set.chars().filter(|c| !options.exclude_characters.contains(*c)).collect() };
     // The types that must each appear (when required), then space, which
     // AWS never requires.
     let types: Vec<Vec<char>> = [
@@ -162,27 +149,16 @@ fn generate_with(
     .map(|(_, set)| allowed(set))
     .filter(|chars| !chars.is_empty())
     .collect();
-    let space = if options.include_space {
-        allowed(" ")
-    } else {
-        Vec::new()
-    };
+    let space = if options.include_space { allowed(" ") } else { Vec::new() };
     let alphabet: Vec<char> = types.iter().flatten().chain(&space).copied().collect();
     if alphabet.is_empty() {
         return Err(PasswordError::NoCharacters);
     }
 
-    let required: &[Vec<char>] = if options.require_each_included_type {
-        &types
-    } else {
-        &[]
-    };
+    let required: &[Vec<char>] = if options.require_each_included_type { &types } else { &[] };
     let length = options.length as usize;
     if length < required.len() {
-        return Err(PasswordError::TooShort {
-            length: options.length,
-            types: required.len(),
-        });
+        return Err(PasswordError::TooShort { length: options.length, types: required.len() });
     }
     let mut password = Vec::with_capacity(length);
     for chars in required {
@@ -204,10 +180,7 @@ fn random_u32() -> Result<u32, PasswordError> {
 
 /// A uniform index below `n` (`0 < n <= 2^32`): draws that fall in the last,
 /// partial block of `n` values are rejected, so there is no modulo bias.
-fn random_below(
-    n: usize,
-    random: &mut impl FnMut() -> Result<u32, PasswordError>,
-) -> Result<usize, PasswordError> {
+fn random_below(n: usize, random: &mut impl FnMut() -> Result<u32, PasswordError>) -> Result<usize, PasswordError> {
     let n = n as u64;
     let zone = (1u64 << 32) - (1u64 << 32) % n;
     loop {
@@ -245,23 +218,15 @@ mod tests {
         for _ in 0..200 {
             let password = generate(&PasswordOptions::alphanumeric(32));
             assert_eq!(password.len(), 32);
-            assert!(
-                password.chars().all(|c| c.is_ascii_alphanumeric()),
-                "{password}"
-            );
-            assert!(
-                has(&password, LOWERCASE) && has(&password, UPPERCASE) && has(&password, DIGITS)
-            );
+            assert!(password.chars().all(|c| c.is_ascii_alphanumeric()), "{password}");
+            assert!(has(&password, LOWERCASE) && has(&password, UPPERCASE) && has(&password, DIGITS));
         }
     }
 
     #[test]
     fn the_shortest_password_still_holds_each_type() {
         for _ in 0..200 {
-            let password = generate(&PasswordOptions {
-                length: 4,
-                ..Default::default()
-            });
+            let password = generate(&PasswordOptions { length: 4, ..Default::default() });
             for set in [LOWERCASE, UPPERCASE, DIGITS, PUNCTUATION] {
                 assert!(has(&password, set), "{password} lacks one of {set}");
             }
@@ -277,26 +242,14 @@ mod tests {
         };
         for _ in 0..20 {
             let password = generate(&options);
-            assert!(
-                !password
-                    .chars()
-                    .any(|c| options.exclude_characters.contains(c)),
-                "{password}"
-            );
-            assert!(
-                password.contains('z'),
-                "the one lowercase letter left is required"
-            );
+            assert!(!password.chars().any(|c| options.exclude_characters.contains(c)), "{password}");
+            assert!(password.contains('z'), "the one lowercase letter left is required");
         }
     }
 
     #[test]
     fn a_type_fully_excluded_by_characters_is_not_required() {
-        let options = PasswordOptions {
-            length: 8,
-            exclude_characters: DIGITS.into(),
-            ..Default::default()
-        };
+        let options = PasswordOptions { length: 8, exclude_characters: DIGITS.into(), ..Default::default() };
         assert!(!has(&generate(&options), DIGITS));
     }
 
@@ -312,44 +265,22 @@ mod tests {
             ..Default::default()
         };
         let password = generate(&options);
-        assert!(
-            password.chars().all(|c| c == ' ' || c == '0'),
-            "{password:?}"
-        );
+        assert!(password.chars().all(|c| c == ' ' || c == '0'), "{password:?}");
         assert!(password.contains('0'), "digits stay required");
     }
 
     #[test]
     fn without_the_requirement_a_short_password_is_fine() {
-        let options = PasswordOptions {
-            length: 1,
-            require_each_included_type: false,
-            ..Default::default()
-        };
+        let options = PasswordOptions { length: 1, require_each_included_type: false, ..Default::default() };
         assert_eq!(generate(&options).len(), 1);
     }
 
     #[test]
     fn impossible_options_are_fatal_errors() {
-        let length = |length| PasswordOptions {
-            length,
-            ..Default::default()
-        };
-        assert_eq!(
-            generate_password(&length(0)),
-            Err(PasswordError::LengthOutOfRange(0))
-        );
-        assert_eq!(
-            generate_password(&length(4097)),
-            Err(PasswordError::LengthOutOfRange(4097))
-        );
-        assert_eq!(
-            generate_password(&length(3)),
-            Err(PasswordError::TooShort {
-                length: 3,
-                types: 4
-            })
-        );
+        let length = |length| PasswordOptions { length, ..Default::default() };
+        assert_eq!(generate_password(&length(0)), Err(PasswordError::LengthOutOfRange(0)));
+        assert_eq!(generate_password(&length(4097)), Err(PasswordError::LengthOutOfRange(4097)));
+        assert_eq!(generate_password(&length(3)), Err(PasswordError::TooShort { length: 3, types: 4 }));
         let nothing = PasswordOptions {
             exclude_lowercase: true,
             exclude_uppercase: true,
@@ -357,27 +288,15 @@ mod tests {
             exclude_punctuation: true,
             ..Default::default()
         };
-        assert_eq!(
-            generate_password(&nothing),
-            Err(PasswordError::NoCharacters)
-        );
+        assert_eq!(generate_password(&nothing), Err(PasswordError::NoCharacters));
         assert!(!StepError::from(PasswordError::NoCharacters).is_retryable());
     }
 
     #[test]
     fn options_read_from_params_refuse_unknown_names() {
-        let options: PasswordOptions =
-            serde_json::from_str(r#"{"length": 20, "exclude_punctuation": true}"#).unwrap();
-        assert_eq!(
-            options,
-            PasswordOptions {
-                length: 20,
-                ..PasswordOptions::alphanumeric(32)
-            }
-        );
-        assert!(
-            serde_json::from_str::<PasswordOptions>(r#"{"exclude_punctation": true}"#).is_err()
-        );
+        let options: PasswordOptions = serde_json::from_str(r#"{"length": 20, "exclude_punctuation": true}"#).unwrap();
+        assert_eq!(options, PasswordOptions { length: 20, ..PasswordOptions::alphanumeric(32) });
+        assert!(serde_json::from_str::<PasswordOptions>(r#"{"exclude_punctation": true}"#).is_err());
     }
 
     #[test]

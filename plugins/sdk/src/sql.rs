@@ -22,9 +22,7 @@ use core::fmt;
 use crate::SecretRef;
 use crate::redact::Redacted;
 
-pub use crate::bindings::tumbler::rotator::sql::{
-    ConnectOptions, Connection, Engine, QueryResult, TlsMode, Value,
-};
+pub use crate::bindings::tumbler::rotator::sql::{ConnectOptions, Connection, Engine, QueryResult, TlsMode, Value};
 
 /// How to log in. `Debug` hides the password.
 #[derive(Clone)]
@@ -44,11 +42,7 @@ impl Credentials {
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Credentials::Password((username, _)) => f
-                .debug_tuple("Password")
-                .field(username)
-                .field(&Redacted)
-                .finish(),
+            Credentials::Password((username, _)) => f.debug_tuple("Password").field(username).field(&Redacted).finish(),
             Credentials::FromSecret(secret) => f.debug_tuple("FromSecret").field(secret).finish(),
         }
     }
@@ -57,20 +51,8 @@ impl fmt::Debug for Credentials {
 impl ConnectOptions {
     /// Options for `host:port`, no database named, TLS checking the
     /// certificate and host name (`verify-full`).
-    pub fn new(
-        engine: Engine,
-        host: impl Into<String>,
-        port: u16,
-        credentials: Credentials,
-    ) -> Self {
-        ConnectOptions {
-            engine,
-            host: host.into(),
-            port,
-            database: None,
-            tls: TlsMode::VerifyFull,
-            credentials,
-        }
+    pub fn new(engine: Engine, host: impl Into<String>, port: u16, credentials: Credentials) -> Self {
+        ConnectOptions { engine, host: host.into(), port, database: None, tls: TlsMode::VerifyFull, credentials }
     }
 
     pub fn database(mut self, database: impl Into<String>) -> Self {
@@ -180,10 +162,7 @@ mod tests {
 
     #[test]
     fn identifiers_cannot_break_out_of_their_quotes() {
-        assert_eq!(
-            Engine::Postgres.quote_identifier("app\"; DROP"),
-            "\"app\"\"; DROP\""
-        );
+        assert_eq!(Engine::Postgres.quote_identifier("app\"; DROP"), "\"app\"\"; DROP\"");
         assert_eq!(Engine::Mysql.quote_identifier("app`x"), "`app``x`");
     }
 
@@ -197,10 +176,7 @@ mod tests {
     #[test]
     fn debug_hides_a_password() {
         let shown = format!("{:?}", Credentials::password("app", "s3cr3t"));
-        assert!(
-            shown.contains("app") && !shown.contains("s3cr3t"),
-            "{shown}"
-        );
+        assert!(shown.contains("app") && !shown.contains("s3cr3t"), "{shown}");
     }
 
     #[test]

@@ -71,14 +71,7 @@ impl Command {
         auth: Auth,
         command: impl Into<String>,
     ) -> Self {
-        Command {
-            host: host.into(),
-            port,
-            username: username.into(),
-            auth,
-            command: command.into(),
-            stdin: None,
-        }
+        Command { host: host.into(), port, username: username.into(), auth, command: command.into(), stdin: None }
     }
 
     pub fn stdin(mut self, stdin: impl Into<Vec<u8>>) -> Self {
@@ -111,16 +104,8 @@ impl Output {
         }
         let stderr = self.stderr_text();
         let stderr = stderr.trim();
-        let tail_start = stderr
-            .char_indices()
-            .rev()
-            .nth(STDERR_QUOTED - 1)
-            .map_or(0, |(i, _)| i);
-        Err(StepError::retryable(format!(
-            "command exited with {}: {}",
-            self.exit_code,
-            &stderr[tail_start..]
-        )))
+        let tail_start = stderr.char_indices().rev().nth(STDERR_QUOTED - 1).map_or(0, |(i, _)| i);
+        Err(StepError::retryable(format!("command exited with {}: {}", self.exit_code, &stderr[tail_start..])))
     }
 }
 
@@ -130,42 +115,23 @@ mod tests {
 
     #[test]
     fn debug_hides_keys_and_stdin() {
-        let command = Command::new(
-            "web1",
-            22,
-            "deploy",
-            Auth::PrivateKey("KEY-MATERIAL".into()),
-            "true",
-        )
-        .stdin("PASSWORD-ON-STDIN");
+        let command = Command::new("web1", 22, "deploy", Auth::PrivateKey("KEY-MATERIAL".into()), "true")
+            .stdin("PASSWORD-ON-STDIN");
         let shown = format!("{command:?}");
-        assert!(
-            shown.contains("web1")
-                && !shown.contains("KEY-MATERIAL")
-                && !shown.contains("PASSWORD"),
-            "{shown}"
-        );
+        assert!(shown.contains("web1") && !shown.contains("KEY-MATERIAL") && !shown.contains("PASSWORD"), "{shown}");
     }
 
     #[test]
     fn a_failed_command_quotes_the_end_of_stderr() {
         let mut stderr = "x".repeat(1000).into_bytes();
         stderr.extend_from_slice(b" permission denied\n");
-        let output = Output {
-            exit_code: 3,
-            stdout: Vec::new(),
-            stderr,
-        };
+        let output = Output { exit_code: 3, stdout: Vec::new(), stderr };
         let error = output.check().unwrap_err();
         assert!(error.is_retryable());
         assert!(error.message().starts_with("command exited with 3: "));
         assert!(error.message().ends_with("permission denied"));
         assert!(error.message().len() < 250);
-        let ok = Output {
-            exit_code: 0,
-            stdout: b"hi".to_vec(),
-            stderr: Vec::new(),
-        };
+        let ok = Output { exit_code: 0, stdout: b"hi".to_vec(), stderr: Vec::new() };
         assert_eq!(ok.check().unwrap().stdout_text(), "hi");
     }
 }

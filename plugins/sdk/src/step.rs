@@ -18,10 +18,7 @@ pub struct Version {
 
 impl fmt::Debug for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Version")
-            .field("id", &self.id)
-            .field("value", &Redacted)
-            .finish()
+        f.debug_struct("Version").field("id", &self.id).field("value", &Redacted).finish()
     }
 }
 
@@ -35,23 +32,17 @@ impl StepInput {
     /// The version labeled `current`, or a fatal error when the secret has
     /// no value yet (a rotator that needs one to reach its target).
     pub fn current_version(&self) -> Result<&Version, StepError> {
-        self.current.as_ref().ok_or_else(|| {
-            StepError::fatal(format!(
-                "secret {} has no current version",
-                self.secret_name
-            ))
-        })
+        self.current
+            .as_ref()
+            .ok_or_else(|| StepError::fatal(format!("secret {} has no current version", self.secret_name)))
     }
 
     /// The version being rotated in; `set`, `test` and `finish` always have one
     /// unless the host moved the labels already.
     pub fn pending_version(&self) -> Result<&Version, StepError> {
-        self.pending.as_ref().ok_or_else(|| {
-            StepError::fatal(format!(
-                "secret {} has no pending version",
-                self.secret_name
-            ))
-        })
+        self.pending
+            .as_ref()
+            .ok_or_else(|| StepError::fatal(format!("secret {} has no pending version", self.secret_name)))
     }
 
     /// True when the pending version already carries the `current` label: the
@@ -65,12 +56,7 @@ impl StepInput {
     /// the one that fell off, or in an emergency every older one. Never the
     /// current or pending version.
     pub fn stale_versions(&self) -> Vec<&Version> {
-        let live = |v: &Version| {
-            [&self.current, &self.pending]
-                .into_iter()
-                .flatten()
-                .any(|live| live.id == v.id)
-        };
+        let live = |v: &Version| [&self.current, &self.pending].into_iter().flatten().any(|live| live.id == v.id);
         let candidates: Vec<&Version> = if self.emergency {
             self.older.iter().chain(self.fell_off.as_ref()).collect()
         } else {
@@ -101,11 +87,7 @@ impl StepInput {
 /// Parameters are configuration, not secrets, so serde's message (which may
 /// quote a parameter) is safe to return.
 pub(crate) fn parse_params<T: DeserializeOwned>(params: &str) -> Result<T, StepError> {
-    let params = if params.trim().is_empty() {
-        "{}"
-    } else {
-        params
-    };
+    let params = if params.trim().is_empty() { "{}" } else { params };
     serde_json::from_str(params).map_err(|e| StepError::fatal(format!("bad params: {e}")))
 }
 
@@ -114,10 +96,7 @@ mod tests {
     use super::*;
 
     fn version(id: &str) -> Version {
-        Version {
-            id: id.into(),
-            value: format!("value-of-{id}"),
-        }
+        Version { id: id.into(), value: format!("value-of-{id}") }
     }
 
     fn input() -> StepInput {
@@ -136,10 +115,7 @@ mod tests {
     #[test]
     fn debug_of_an_input_shows_no_value() {
         let shown = format!("{:?}", input());
-        assert!(
-            shown.contains("v2") && !shown.contains("value-of"),
-            "{shown}"
-        );
+        assert!(shown.contains("v2") && !shown.contains("value-of"), "{shown}");
     }
 
     #[test]
@@ -167,11 +143,7 @@ mod tests {
         let mut input = input();
         assert!(input.stale_versions().is_empty());
         input.fell_off = Some(version("v0"));
-        let ids: Vec<&str> = input
-            .stale_versions()
-            .iter()
-            .map(|v| v.id.as_str())
-            .collect();
+        let ids: Vec<&str> = input.stale_versions().iter().map(|v| v.id.as_str()).collect();
         assert_eq!(ids, ["v0"]);
     }
 
@@ -182,11 +154,7 @@ mod tests {
         input.emergency = true;
         input.older = vec![version("v3"), version("v2"), version("v1"), version("v0")];
         input.fell_off = Some(version("v0"));
-        let ids: Vec<&str> = input
-            .stale_versions()
-            .iter()
-            .map(|v| v.id.as_str())
-            .collect();
+        let ids: Vec<&str> = input.stale_versions().iter().map(|v| v.id.as_str()).collect();
         assert_eq!(ids, ["v2", "v1", "v0"]);
     }
 
@@ -206,14 +174,8 @@ mod tests {
     fn a_new_value_keeps_the_json_around_the_password() {
         let mut input = input();
         assert_eq!(input.new_value_with_password("pw"), "pw");
-        input.current = Some(Version {
-            id: "v2".into(),
-            value: r#"{"username":"app","password":"old","x":1}"#.into(),
-        });
-        assert_eq!(
-            input.new_value_with_password("pw"),
-            r#"{"username":"app","password":"pw","x":1}"#
-        );
+        input.current = Some(Version { id: "v2".into(), value: r#"{"username":"app","password":"old","x":1}"#.into() });
+        assert_eq!(input.new_value_with_password("pw"), r#"{"username":"app","password":"pw","x":1}"#);
         input.current = None;
         assert_eq!(input.new_value_with_password("pw"), "pw");
     }

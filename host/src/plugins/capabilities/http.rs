@@ -2,7 +2,7 @@
 //! before the check, the name resolved once and the checked address used,
 //! no redirect is followed, no proxy is consulted, and the body is capped.
 
-use super::{denied, host_error, resolve_checked, url_target, HostPort};
+use super::{HostPort, denied, host_error, resolve_checked, url_target};
 use crate::plugins::bindings::tumbler::rotator::http::{Host, Request, Response};
 use crate::plugins::bindings::tumbler::rotator::types::{ErrorKind, HostError};
 use crate::plugins::runtime::PluginState;

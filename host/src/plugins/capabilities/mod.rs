@@ -311,14 +311,18 @@ impl PluginState {
     /// Reads the secret a `secret-ref` names and takes `username` and
     /// `password` / `private_key` from its JSON value (AWS's shape; other
     /// fields are ignored). Errors name the secret, never a value.
-    pub(crate) async fn secret_credentials(&mut self, secret: &SecretRef) -> std::result::Result<SecretCredentials, HostError> {
+    pub(crate) async fn secret_credentials(
+        &mut self,
+        secret: &SecretRef,
+    ) -> std::result::Result<SecretCredentials, HostError> {
         let (which, value) = match secret {
             SecretRef::Current => ("the current version".to_owned(), self.call.current_value.clone()),
             SecretRef::Pending => ("the pending version".to_owned(), self.call.pending_value.clone()),
             SecretRef::Named(name) => (format!("secret '{name}'"), Some(Arc::new(self.granted_secret(name).await?))),
         };
-        let value = value
-            .ok_or_else(|| host_error(ErrorKind::Invalid, format!("this step has no {which} to take credentials from")))?;
+        let value = value.ok_or_else(|| {
+            host_error(ErrorKind::Invalid, format!("this step has no {which} to take credentials from"))
+        })?;
         // serde's own messages can quote the offending value, so they are
         // replaced by one that names only the secret.
         let shape = || {
@@ -357,13 +361,11 @@ pub fn denied(message: impl Into<String>) -> HostError {
 /// Loopback, private, link-local and metadata addresses are refused unless
 /// the grant names that very IP, so a DNS name cannot be pointed inwards.
 pub async fn resolve_checked(grant: &HostPort) -> std::result::Result<SocketAddr, HostError> {
-    let lookup = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::lookup_host((grant.host.as_str(), grant.port)),
-    )
-    .await
-    .map_err(|_| host_error(ErrorKind::Unreachable, format!("resolving {} timed out", grant.host)))?
-    .map_err(|e| host_error(ErrorKind::Unreachable, format!("cannot resolve {}: {e}", grant.host)))?;
+    let lookup =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host((grant.host.as_str(), grant.port)))
+            .await
+            .map_err(|_| host_error(ErrorKind::Unreachable, format!("resolving {} timed out", grant.host)))?
+            .map_err(|e| host_error(ErrorKind::Unreachable, format!("cannot resolve {}: {e}", grant.host)))?;
     let mut refused = Vec::new();
     for addr in lookup {
         if !is_internal(addr.ip()) || grant.ip == Some(addr.ip()) {
@@ -432,7 +434,18 @@ mod tests {
 
     #[test]
     fn internal_addresses_are_recognised() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "::1", "fd00:ec2::254", "fe80::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(is_internal(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "2606:4700::1111"] {

@@ -1,10 +1,10 @@
 //! `secrets`: read another secret's current value, only if granted.
 
 use super::{denied, host_error};
+use crate::model::{Label, SecretName};
 use crate::plugins::bindings::tumbler::rotator::secrets::Host;
 use crate::plugins::bindings::tumbler::rotator::types::{ErrorKind, HostError};
 use crate::plugins::runtime::PluginState;
-use crate::model::{Label, SecretName};
 use crate::store::secrets::{self, Selector};
 use zeroize::Zeroizing;
 
@@ -14,9 +14,12 @@ impl PluginState {
     pub(crate) async fn granted_secret(&mut self, name: &str) -> Result<Zeroizing<String>, HostError> {
         let parsed = SecretName::parse(name).map_err(|e| host_error(ErrorKind::Invalid, e.message()))?;
         if !self.call.grants.secrets.contains(&parsed) {
-            return Err(denied(format!("reading secret '{name}' is not granted to this rotation; add it to grants.secrets")));
+            return Err(denied(format!(
+                "reading secret '{name}' is not granted to this rotation; add it to grants.secrets"
+            )));
         }
-        let store = self.call.store.clone().ok_or_else(|| host_error(ErrorKind::Host, "no secret store in this call"))?;
+        let store =
+            self.call.store.clone().ok_or_else(|| host_error(ErrorKind::Host, "no secret store in this call"))?;
         let read = store
             .read(move |conn, keys| secrets::read_value(conn, keys, &parsed, &Selector::Label(Label::current())))
             .await

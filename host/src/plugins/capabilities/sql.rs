@@ -62,16 +62,12 @@ struct Login {
 impl Host for PluginState {}
 
 impl HostConnection for PluginState {
-    async fn connect(
-        &mut self,
-        options: ConnectOptions,
-    ) -> wasmtime::Result<Result<Resource<Connection>, HostError>> {
+    async fn connect(&mut self, options: ConnectOptions) -> wasmtime::Result<Result<Resource<Connection>, HostError>> {
         let target = format!("{}:{}", options.host, options.port);
         let result = match self.sql_connect(options).await {
-            Ok(connection) => self
-                .table
-                .push(connection)
-                .map_err(|e| host_error(ErrorKind::Host, format!("resource table: {e}"))),
+            Ok(connection) => {
+                self.table.push(connection).map_err(|e| host_error(ErrorKind::Host, format!("resource table: {e}")))
+            }
             Err(e) => Err(e),
         };
         if result.is_ok() {
@@ -113,18 +109,9 @@ impl HostConnection for PluginState {
 
 impl PluginState {
     async fn sql_connect(&mut self, options: ConnectOptions) -> Result<Connection, HostError> {
-        let Some(grant) = self
-            .call
-            .grants
-            .sql
-            .iter()
-            .find(|g| g.matches(&options.host, options.port))
-            .cloned()
-        else {
+        let Some(grant) = self.call.grants.sql.iter().find(|g| g.matches(&options.host, options.port)).cloned() else {
             let target = format!("{}:{}", options.host, options.port);
-            return Err(denied(format!(
-                "connecting to {target} is not granted; add it to grants.sql"
-            )));
+            return Err(denied(format!("connecting to {target} is not granted; add it to grants.sql")));
         };
         self.budget.check_sql_connections_held()?;
         self.budget.take_sql_connect()?;
@@ -133,10 +120,7 @@ impl PluginState {
             Credentials::FromSecret(secret) => {
                 let credentials = self.secret_credentials(&secret).await?;
                 let password = credentials.password.ok_or_else(|| {
-                    host_error(
-                        ErrorKind::Invalid,
-                        "the secret has no `password` to log in to a database with",
-                    )
+                    host_error(ErrorKind::Invalid, "the secret has no `password` to log in to a database with")
                 })?;
                 (credentials.username, password)
             }
@@ -157,14 +141,9 @@ impl PluginState {
                 Engine::Mysql => mysql::connect(&login).await.map(Driver::Mysql),
             }
         };
-        let driver = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| {
-                host_error(
-                    ErrorKind::Unreachable,
-                    format!("connecting to {target} took longer than {CONNECT_TIMEOUT:?}"),
-                )
-            })??;
+        let driver = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.map_err(|_| {
+            host_error(ErrorKind::Unreachable, format!("connecting to {target} took longer than {CONNECT_TIMEOUT:?}"))
+        })??;
         Ok(Connection { target, driver })
     }
 }
@@ -220,11 +199,7 @@ struct ResultBuilder {
 impl ResultBuilder {
     fn new(columns: Vec<String>) -> Result<Self, HostError> {
         let bytes = columns.iter().map(String::len).sum();
-        let builder = ResultBuilder {
-            columns,
-            rows: Vec::new(),
-            bytes,
-        };
+        let builder = ResultBuilder { columns, rows: Vec::new(), bytes };
         builder.check_bytes()?;
         Ok(builder)
     }
@@ -233,9 +208,7 @@ impl ResultBuilder {
         if self.rows.len() >= MAX_ROWS {
             return Err(host_error(
                 ErrorKind::Limit,
-                format!(
-                    "the query returned more than {MAX_ROWS} rows; add a LIMIT or page through it"
-                ),
+                format!("the query returned more than {MAX_ROWS} rows; add a LIMIT or page through it"),
             ));
         }
         self.bytes += row.iter().map(value_size).sum::<usize>();
@@ -252,19 +225,14 @@ impl ResultBuilder {
     }
 
     fn finish(self) -> QueryResult {
-        QueryResult {
-            columns: self.columns,
-            rows: self.rows,
-        }
+        QueryResult { columns: self.columns, rows: self.rows }
     }
 }
 
 fn result_too_large() -> HostError {
     host_error(
         ErrorKind::Limit,
-        format!(
-            "the query returned more than {MAX_RESULT_BYTES} bytes; select less, or page through it"
-        ),
+        format!("the query returned more than {MAX_RESULT_BYTES} bytes; select less, or page through it"),
     )
 }
 
@@ -297,37 +265,25 @@ fn tls_config(mode: TlsMode) -> Result<Arc<rustls::ClientConfig>, HostError> {
     static VERIFY_FULL: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     let (cell, verify) = match mode {
         TlsMode::Disable => {
-            return Err(host_error(
-                ErrorKind::Host,
-                "TLS config asked for with tls = disable",
-            ));
+            return Err(host_error(ErrorKind::Host, "TLS config asked for with tls = disable"));
         }
         TlsMode::Require => (&REQUIRE, false),
         TlsMode::VerifyFull => (&VERIFY_FULL, true),
     };
-    cell.get_or_init(|| {
-        build_tls_config(verify)
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
-    })
-    .clone()
-    .map_err(|e| host_error(ErrorKind::Host, format!("TLS setup failed: {e}")))
+    cell.get_or_init(|| build_tls_config(verify).map(Arc::new).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|e| host_error(ErrorKind::Host, format!("TLS setup failed: {e}")))
 }
 
 fn build_tls_config(verify: bool) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
     if verify {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
         return Ok(builder.with_root_certificates(roots).with_no_client_auth());
     }
-    Ok(builder
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-        .with_no_client_auth())
+    Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))).with_no_client_auth())
 }
 
 /// `tls = require`: any certificate is accepted (as libpq's `sslmode=require`
@@ -354,12 +310,7 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -368,12 +319,7 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -383,12 +329,8 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
 
 /// The server name TLS checks the certificate against: the granted host.
 fn server_name(login: &Login) -> Result<rustls::pki_types::ServerName<'static>, HostError> {
-    rustls::pki_types::ServerName::try_from(login.server_name.clone()).map_err(|_| {
-        host_error(
-            ErrorKind::Invalid,
-            format!("{:?} is not a valid TLS server name", login.server_name),
-        )
-    })
+    rustls::pki_types::ServerName::try_from(login.server_name.clone())
+        .map_err(|_| host_error(ErrorKind::Invalid, format!("{:?} is not a valid TLS server name", login.server_name)))
 }
 
 #[cfg(test)]

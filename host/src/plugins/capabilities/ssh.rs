@@ -37,36 +37,18 @@ enum Login {
 
 impl PluginState {
     async fn ssh_run(&mut self, command: Command) -> Result<Output, HostError> {
-        let Command {
-            host,
-            port,
-            username,
-            auth,
-            command,
-            stdin,
-        } = command;
-        let Some(grant) = self
-            .call
-            .grants
-            .ssh
-            .iter()
-            .find(|g| g.target.matches(&host, port))
-            .cloned()
-        else {
+        let Command { host, port, username, auth, command, stdin } = command;
+        let Some(grant) = self.call.grants.ssh.iter().find(|g| g.target.matches(&host, port)).cloned() else {
             let target = format!("{host}:{port}");
-            return Err(denied(format!(
-                "ssh to {target} is not granted; add it to grants.ssh"
-            )));
+            return Err(denied(format!("ssh to {target} is not granted; add it to grants.ssh")));
         };
         let known = format!("{}:{}", grant.target.host, grant.target.port);
         let expected = match &grant.host_key {
             HostKeyCheck::Pinned(fingerprint) => Expected::Pinned(fingerprint.clone()),
-            HostKeyCheck::TrustOnFirstUse => {
-                match known_host(&self.known_hosts_store()?, &known).await? {
-                    Some(fingerprint) => Expected::Recorded(fingerprint),
-                    None => Expected::FirstUse,
-                }
-            }
+            HostKeyCheck::TrustOnFirstUse => match known_host(&self.known_hosts_store()?, &known).await? {
+                Some(fingerprint) => Expected::Recorded(fingerprint),
+                None => Expected::FirstUse,
+            },
             HostKeyCheck::Unpinned => {
                 return Err(denied(format!(
                     "the grant for {known} does not say how to check its host key; pin it as \
@@ -85,12 +67,10 @@ impl PluginState {
         let connecting = async {
             let mut session = open_session(addr, &grant, &expected).await?;
             if let Some(store) = &store {
-                let seen = session.seen.as_deref().ok_or_else(|| {
-                    host_error(
-                        ErrorKind::Host,
-                        "the handshake ended without showing a host key",
-                    )
-                })?;
+                let seen = session
+                    .seen
+                    .as_deref()
+                    .ok_or_else(|| host_error(ErrorKind::Host, "the handshake ended without showing a host key"))?;
                 record_known_host(store, &known, seen).await?;
                 tracing::info!(target: "tumbler::audit", plugin = %plugin, host = %known, fingerprint = seen,
                     "ssh host key recorded on first use");
@@ -98,27 +78,16 @@ impl PluginState {
             authenticate(&mut session.handle, &known, &username, login).await?;
             Ok::<_, HostError>(session.handle)
         };
-        let handle = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-            .await
-            .map_err(|_| {
-                host_error(
-                    ErrorKind::Unreachable,
-                    format!("logging in to {known} took longer than {CONNECT_TIMEOUT:?}"),
-                )
-            })??;
+        let handle = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.map_err(|_| {
+            host_error(ErrorKind::Unreachable, format!("logging in to {known} took longer than {CONNECT_TIMEOUT:?}"))
+        })??;
         let output = run_command(&handle, &known, &command, stdin).await;
-        let _ = handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
+        let _ = handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
         output
     }
 
     /// Username and credentials: the plugin's own, or a secret's.
-    async fn ssh_login(
-        &mut self,
-        username: String,
-        auth: Auth,
-    ) -> Result<(String, Login), HostError> {
+    async fn ssh_login(&mut self, username: String, auth: Auth) -> Result<(String, Login), HostError> {
         match auth {
             Auth::Password(password) => Ok((username, Login::Password(Zeroizing::new(password)))),
             Auth::PrivateKey(pem) => Ok((username, Login::Key(parse_key(&Zeroizing::new(pem))?))),
@@ -128,10 +97,7 @@ impl PluginState {
                     (Some(pem), _) => Login::Key(parse_key(&pem)?),
                     (None, Some(password)) => Login::Password(password),
                     (None, None) => {
-                        return Err(host_error(
-                            ErrorKind::Invalid,
-                            "the secret has no `private_key` or `password`",
-                        ));
+                        return Err(host_error(ErrorKind::Invalid, "the secret has no `private_key` or `password`"));
                     }
                 };
                 Ok((credentials.username, login))
@@ -141,46 +107,27 @@ impl PluginState {
 
     fn known_hosts_store(&self) -> Result<crate::store::Store, HostError> {
         self.call.store.clone().ok_or_else(|| {
-            host_error(
-                ErrorKind::Host,
-                "trust on first use needs the store, which this call does not have",
-            )
+            host_error(ErrorKind::Host, "trust on first use needs the store, which this call does not have")
         })
     }
 }
 
 /// The fingerprint recorded for `target` by an earlier connection.
-async fn known_host(
-    store: &crate::store::Store,
-    target: &str,
-) -> Result<Option<String>, HostError> {
+async fn known_host(store: &crate::store::Store, target: &str) -> Result<Option<String>, HostError> {
     let target = target.to_owned();
     store
         .read(move |conn, _| {
             Ok(conn
-                .query_row(
-                    "SELECT fingerprint FROM ssh_known_hosts WHERE target = ?1",
-                    [&target],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT fingerprint FROM ssh_known_hosts WHERE target = ?1", [&target], |r| r.get(0))
                 .optional()?)
         })
         .await
-        .map_err(|e| {
-            host_error(
-                ErrorKind::Host,
-                format!("reading ssh_known_hosts: {}", e.message()),
-            )
-        })
+        .map_err(|e| host_error(ErrorKind::Host, format!("reading ssh_known_hosts: {}", e.message())))
 }
 
 /// Records the first key seen. If another call recorded one first, that
 /// one stands, and a different key here is refused.
-async fn record_known_host(
-    store: &crate::store::Store,
-    target: &str,
-    seen: &str,
-) -> Result<(), HostError> {
+async fn record_known_host(store: &crate::store::Store, target: &str, seen: &str) -> Result<(), HostError> {
     let (key, fingerprint) = (target.to_owned(), seen.to_owned());
     let recorded: String = store
         .write(move |tx, _| {
@@ -189,26 +136,12 @@ async fn record_known_host(
                  ON CONFLICT (target) DO NOTHING",
                 rusqlite::params![key, fingerprint, crate::model::now_millis()],
             )?;
-            Ok(tx.query_row(
-                "SELECT fingerprint FROM ssh_known_hosts WHERE target = ?1",
-                [&key],
-                |r| r.get(0),
-            )?)
+            Ok(tx.query_row("SELECT fingerprint FROM ssh_known_hosts WHERE target = ?1", [&key], |r| r.get(0))?)
         })
         .await
-        .map_err(|e| {
-            host_error(
-                ErrorKind::Host,
-                format!("recording the host key: {}", e.message()),
-            )
-        })?;
+        .map_err(|e| host_error(ErrorKind::Host, format!("recording the host key: {}", e.message())))?;
     if recorded != seen {
-        return Err(key_mismatch(
-            target,
-            seen,
-            &recorded,
-            "was recorded on first use",
-        ));
+        return Err(key_mismatch(target, seen, &recorded, "was recorded on first use"));
     }
     Ok(())
 }
@@ -239,21 +172,13 @@ struct HostKeyVerifier {
 impl client::Handler for HostKeyVerifier {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let fingerprint = match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.fingerprint(HashAlg::Sha256),
-            PublicKeyOrCertificate::Certificate(certificate) => {
-                certificate.public_key().fingerprint(HashAlg::Sha256)
-            }
+            PublicKeyOrCertificate::Certificate(certificate) => certificate.public_key().fingerprint(HashAlg::Sha256),
         }
         .to_string();
-        let accepted = self
-            .expected
-            .as_deref()
-            .is_none_or(|expected| expected == fingerprint);
+        let accepted = self.expected.as_deref().is_none_or(|expected| expected == fingerprint);
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(fingerprint);
         Ok(accepted)
     }
@@ -265,24 +190,14 @@ struct Session {
     seen: Option<String>,
 }
 
-async fn open_session(
-    addr: SocketAddr,
-    grant: &SshGrant,
-    expected: &Expected,
-) -> Result<Session, HostError> {
+async fn open_session(addr: SocketAddr, grant: &SshGrant, expected: &Expected) -> Result<Session, HostError> {
     let target = format!("{}:{}", grant.target.host, grant.target.port);
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
-        host_error(
-            ErrorKind::Unreachable,
-            format!("cannot connect to {target} ({addr}): {e}"),
-        )
-    })?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| host_error(ErrorKind::Unreachable, format!("cannot connect to {target} ({addr}): {e}")))?;
     let _ = tcp.set_nodelay(true);
     let seen = Arc::new(Mutex::new(None));
-    let check = HostKeyVerifier {
-        expected: expected.fingerprint().map(str::to_owned),
-        seen: seen.clone(),
-    };
+    let check = HostKeyVerifier { expected: expected.fingerprint().map(str::to_owned), seen: seen.clone() };
     let config = Arc::new(client::Config::default());
     let connected = client::connect_stream(config, tcp, check).await;
     let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -295,10 +210,7 @@ async fn open_session(
             };
             Err(key_mismatch(&target, presented, wanted, how))
         }
-        (Err(e), _, _) => Err(host_error(
-            ErrorKind::Unreachable,
-            format!("ssh handshake with {target} failed: {e}"),
-        )),
+        (Err(e), _, _) => Err(host_error(ErrorKind::Unreachable, format!("ssh handshake with {target} failed: {e}"))),
     }
 }
 
@@ -315,12 +227,7 @@ fn parse_key(pem: &str) -> Result<Box<PrivateKey>, HostError> {
     // The parser's own messages are not passed on: they could quote the key.
     russh::keys::decode_secret_key(pem, None)
         .map(Box::new)
-        .map_err(|_| {
-            host_error(
-                ErrorKind::Invalid,
-                "the private key is not an unencrypted OpenSSH or PEM private key",
-            )
-        })
+        .map_err(|_| host_error(ErrorKind::Invalid, "the private key is not an unencrypted OpenSSH or PEM private key"))
 }
 
 async fn authenticate(
@@ -329,17 +236,9 @@ async fn authenticate(
     username: &str,
     login: Login,
 ) -> Result<(), HostError> {
-    let lost = |e: russh::Error| {
-        host_error(
-            ErrorKind::Unreachable,
-            format!("ssh login to {target} failed: {e}"),
-        )
-    };
+    let lost = |e: russh::Error| host_error(ErrorKind::Unreachable, format!("ssh login to {target} failed: {e}"));
     let result = match login {
-        Login::Password(password) => handle
-            .authenticate_password(username, password.as_str())
-            .await
-            .map_err(lost)?,
+        Login::Password(password) => handle.authenticate_password(username, password.as_str()).await.map_err(lost)?,
         Login::Key(key) => {
             // RSA keys sign with the SHA-2 hash the server asks for; old
             // servers that say nothing get SHA-256, not SHA-1. Other keys
@@ -353,17 +252,11 @@ async fn authenticate(
                 None
             };
             let key = PrivateKeyWithHashAlg::new(Arc::new(*key), hash);
-            handle
-                .authenticate_publickey(username, key)
-                .await
-                .map_err(lost)?
+            handle.authenticate_publickey(username, key).await.map_err(lost)?
         }
     };
     if !result.success() {
-        return Err(host_error(
-            ErrorKind::Auth,
-            format!("{target} refused the login of {username:?}"),
-        ));
+        return Err(host_error(ErrorKind::Auth, format!("{target} refused the login of {username:?}")));
     }
     Ok(())
 }
@@ -376,12 +269,7 @@ async fn run_command(
     command: &str,
     stdin: Option<Vec<u8>>,
 ) -> Result<Output, HostError> {
-    let failed = |e: russh::Error| {
-        host_error(
-            ErrorKind::Unreachable,
-            format!("ssh session with {target} failed: {e}"),
-        )
-    };
+    let failed = |e: russh::Error| host_error(ErrorKind::Unreachable, format!("ssh session with {target} failed: {e}"));
     let channel = handle.channel_open_session().await.map_err(failed)?;
     channel.exec(true, command).await.map_err(failed)?;
     let (mut reader, writer) = channel.split();
@@ -407,26 +295,16 @@ async fn run_command(
                     ));
                 }
                 ChannelMsg::Failure => {
-                    return Err(host_error(
-                        ErrorKind::Target,
-                        format!("{target} refused to run the command"),
-                    ));
+                    return Err(host_error(ErrorKind::Target, format!("{target} refused to run the command")));
                 }
                 ChannelMsg::Close => break,
                 _ => {}
             }
         }
         let exit_code = exit_code.ok_or_else(|| {
-            host_error(
-                ErrorKind::Unreachable,
-                format!("{target} closed the session without an exit status"),
-            )
+            host_error(ErrorKind::Unreachable, format!("{target} closed the session without an exit status"))
         })?;
-        Ok(Output {
-            exit_code,
-            stdout,
-            stderr,
-        })
+        Ok(Output { exit_code, stdout, stderr })
     };
     // Once the output is in (or a cap is hit), stdin no longer matters.
     tokio::pin!(feed, collect);

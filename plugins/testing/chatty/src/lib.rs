@@ -22,21 +22,14 @@ struct Params {
 
 impl Default for Params {
     fn default() -> Self {
-        Params {
-            stdout_bytes: 10 * MIB,
-            stderr_bytes: 0,
-            log_bytes: 10 * MIB,
-        }
+        Params { stdout_bytes: 10 * MIB, stderr_bytes: 0, log_bytes: 10 * MIB }
     }
 }
 
 /// Line `n` of a stream, `LINE_BYTES` long with its newline.
 fn line(stream: &str, n: usize) -> String {
     let head = format!("{stream} line {n:08} ");
-    format!(
-        "{head}{}\n",
-        "x".repeat(LINE_BYTES.saturating_sub(head.len() + 1))
-    )
+    format!("{head}{}\n", "x".repeat(LINE_BYTES.saturating_sub(head.len() + 1)))
 }
 
 /// Writes `bytes` of numbered lines; stops quietly if the host closes the
@@ -55,11 +48,7 @@ struct Chatty;
 
 impl Rotator for Chatty {
     fn info() -> Info {
-        Info::new(
-            "test-chatty",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: set floods its output",
-        )
+        Info::new("test-chatty", env!("CARGO_PKG_VERSION"), "Test fixture: set floods its output")
     }
 
     fn create(_: &StepInput) -> Result<String, StepError> {

@@ -37,9 +37,7 @@ fn wait_for_gate(input: &StepInput, step: &str) -> Result<(), StepError> {
             Ok(_) | Err(_) => {}
         }
         if Instant::now() >= deadline {
-            return Err(StepError::retryable(format!(
-                "gate {step}: still closed after 60 s"
-            )));
+            return Err(StepError::retryable(format!("gate {step}: still closed after 60 s")));
         }
         sleep(POLL_EVERY);
     }
@@ -49,12 +47,8 @@ struct Gate;
 
 impl Rotator for Gate {
     fn info() -> Info {
-        Info::new(
-            "test-gate",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: steps wait for a gate",
-        )
-        .capabilities([Capability::Http])
+        Info::new("test-gate", env!("CARGO_PKG_VERSION"), "Test fixture: steps wait for a gate")
+            .capabilities([Capability::Http])
     }
 
     fn create(input: &StepInput) -> Result<String, StepError> {

@@ -10,11 +10,7 @@ struct Loop;
 
 impl Rotator for Loop {
     fn info() -> Info {
-        Info::new(
-            "test-loop",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: set never returns",
-        )
+        Info::new("test-loop", env!("CARGO_PKG_VERSION"), "Test fixture: set never returns")
     }
 
     fn create(_: &StepInput) -> Result<String, StepError> {

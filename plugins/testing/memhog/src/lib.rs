@@ -14,11 +14,7 @@ struct Memhog;
 
 impl Rotator for Memhog {
     fn info() -> Info {
-        Info::new(
-            "test-memhog",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: set eats memory",
-        )
+        Info::new("test-memhog", env!("CARGO_PKG_VERSION"), "Test fixture: set eats memory")
     }
 
     fn create(_: &StepInput) -> Result<String, StepError> {

@@ -27,9 +27,7 @@ use serde::Deserialize;
 use tumbler_sdk::http::{self, Request};
 use tumbler_sdk::password::{PasswordOptions, generate_password};
 use tumbler_sdk::serde_json::{self, Value as Json};
-use tumbler_sdk::sql::{
-    ConnectOptions, Connection, Credentials, Engine, QueryResult, TlsMode, Value,
-};
+use tumbler_sdk::sql::{ConnectOptions, Connection, Credentials, Engine, QueryResult, TlsMode, Value};
 use tumbler_sdk::ssh::{self, Auth, Command};
 use tumbler_sdk::{HostError, Info, Rotator, SecretRef, StepError, StepInput, log, secrets};
 
@@ -159,16 +157,9 @@ fn sql_value(json: &Json) -> Result<Value, StepError> {
         },
         Json::String(s) => Value::Text(s.clone()),
         Json::Object(o) => match o.get("bytes").and_then(Json::as_array) {
-            Some(bytes) => Value::Bytes(
-                bytes
-                    .iter()
-                    .map(|b| b.as_u64().unwrap_or(0) as u8)
-                    .collect(),
-            ),
+            Some(bytes) => Value::Bytes(bytes.iter().map(|b| b.as_u64().unwrap_or(0) as u8).collect()),
             None => {
-                return Err(StepError::fatal(
-                    "an object parameter must be {\"bytes\": [..]}",
-                ));
+                return Err(StepError::fatal("an object parameter must be {\"bytes\": [..]}"));
             }
         },
         Json::Array(_) => return Err(StepError::fatal("a parameter cannot be an array")),
@@ -185,11 +176,7 @@ fn rows_json(result: &QueryResult) -> String {
         Value::Text(s) => Json::from(s.as_str()),
         Value::Bytes(b) => serde_json::json!({ "bytes": b }),
     };
-    let rows: Vec<Vec<Json>> = result
-        .rows
-        .iter()
-        .map(|row| row.iter().map(cell).collect())
-        .collect();
+    let rows: Vec<Vec<Json>> = result.rows.iter().map(|row| row.iter().map(cell).collect()).collect();
     serde_json::json!({ "columns": result.columns, "rows": rows }).to_string()
 }
 
@@ -212,27 +199,14 @@ fn probe(call: Probe) -> Result<(), StepError> {
             // Held, not dropped, so each new connection adds to the count.
             let mut held = Vec::new();
             for i in 1..=n {
-                let connection = checked(
-                    &format!("sql-connect-loop connection {i} of {n}"),
-                    Connection::connect(&options),
-                )?;
+                let connection =
+                    checked(&format!("sql-connect-loop connection {i} of {n}"), Connection::connect(&options))?;
                 held.push(connection);
             }
-            log::info(format_args!(
-                "sql-connect-loop: holding {} connections",
-                held.len()
-            ));
+            log::info(format_args!("sql-connect-loop: holding {} connections", held.len()));
         }
-        Probe::SqlQuery(Query {
-            target,
-            statement,
-            params,
-            execute,
-        }) => {
-            let params = params
-                .iter()
-                .map(sql_value)
-                .collect::<Result<Vec<_>, _>>()?;
+        Probe::SqlQuery(Query { target, statement, params, execute }) => {
+            let params = params.iter().map(sql_value).collect::<Result<Vec<_>, _>>()?;
             let connection = checked("sql-query", Connection::connect(&target.options()?))?;
             if execute {
                 let affected = checked("sql-query", connection.execute(&statement, &params))?;
@@ -240,11 +214,7 @@ fn probe(call: Probe) -> Result<(), StepError> {
                 return Ok(());
             }
             let result = checked("sql-query", connection.query(&statement, &params))?;
-            log::info(format_args!(
-                "sql-query: {} rows of {} columns",
-                result.rows.len(),
-                result.columns.len()
-            ));
+            log::info(format_args!("sql-query: {} rows of {} columns", result.rows.len(), result.columns.len()));
             log::info(format_args!("sql-query rows: {}", rows_json(&result)));
         }
         Probe::Ssh(call) => {
@@ -260,22 +230,14 @@ fn probe(call: Probe) -> Result<(), StepError> {
             let output = checked("ssh", ssh::run(&command))?;
             log::info(format_args!("ssh stdout: {}", output.stdout_text()));
             log::info(format_args!("ssh stderr: {}", output.stderr_text()));
-            log::info(format_args!(
-                "ssh: exit {}, {} bytes of stdout",
-                output.exit_code,
-                output.stdout.len()
-            ));
+            log::info(format_args!("ssh: exit {}, {} bytes of stdout", output.exit_code, output.stdout.len()));
         }
         Probe::Http(call) => {
             let mut request = Request::new(call.method, call.url);
             request.headers = call.headers;
             request.body = call.body.map(String::into_bytes);
             let response = checked("http", http::send(&request))?;
-            log::info(format_args!(
-                "http: status {}, {} bytes of body",
-                response.status,
-                response.body.len()
-            ));
+            log::info(format_args!("http: status {}, {} bytes of body", response.status, response.body.len()));
         }
         Probe::Secret { name } => {
             let value = checked("secret", secrets::get(&name))?;
@@ -290,12 +252,8 @@ struct ProbeRotator;
 impl Rotator for ProbeRotator {
     fn info() -> Info {
         use tumbler_sdk::Capability::*;
-        Info::new(
-            "test-probe",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: set calls the host",
-        )
-        .capabilities([Sql, Ssh, Http, Secrets])
+        Info::new("test-probe", env!("CARGO_PKG_VERSION"), "Test fixture: set calls the host")
+            .capabilities([Sql, Ssh, Http, Secrets])
     }
 
     fn create(_: &StepInput) -> Result<String, StepError> {

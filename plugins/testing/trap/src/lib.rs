@@ -8,11 +8,7 @@ struct Trap;
 
 impl Rotator for Trap {
     fn info() -> Info {
-        Info::new(
-            "test-trap",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: set panics, test traps",
-        )
+        Info::new("test-trap", env!("CARGO_PKG_VERSION"), "Test fixture: set panics, test traps")
     }
 
     fn create(_: &StepInput) -> Result<String, StepError> {

@@ -55,9 +55,9 @@ pub(super) async fn connect(login: &Login) -> Result<MyConnection, HostError> {
                 .with_danger_tls_hostname_override(Some(login.server_name.clone())),
         ),
         // We connect to an IP; the certificate is checked for the granted name.
-        TlsMode::VerifyFull => Some(
-            SslOpts::default().with_danger_tls_hostname_override(Some(login.server_name.clone())),
-        ),
+        TlsMode::VerifyFull => {
+            Some(SslOpts::default().with_danger_tls_hostname_override(Some(login.server_name.clone())))
+        }
     };
     let opts = OptsBuilder::default()
         .ip_or_hostname(login.addr.ip().to_string())
@@ -69,43 +69,27 @@ pub(super) async fn connect(login: &Login) -> Result<MyConnection, HostError> {
         .max_allowed_packet(Some(MAX_RESULT_BYTES + WIRE_SLACK))
         .ssl_opts(ssl);
     let conn = Conn::new(opts).await.map_err(|e| match e {
-        mysql_async::Error::Server(server)
-            if [ACCESS_DENIED, ACCESS_DENIED_NO_PASSWORD].contains(&server.code) =>
-        {
+        mysql_async::Error::Server(server) if [ACCESS_DENIED, ACCESS_DENIED_NO_PASSWORD].contains(&server.code) => {
             host_error(
                 ErrorKind::Auth,
-                format!(
-                    "{} refused the login of {:?}: {}",
-                    login.addr, login.username, server.message
-                ),
+                format!("{} refused the login of {:?}: {}", login.addr, login.username, server.message),
             )
         }
         mysql_async::Error::Server(server) => server_error(&server),
-        other => host_error(
-            ErrorKind::Unreachable,
-            format!("cannot connect to {}: {other}", login.addr),
-        ),
+        other => host_error(ErrorKind::Unreachable, format!("cannot connect to {}: {other}", login.addr)),
     })?;
     Ok(MyConnection { conn: Some(conn) })
 }
 
 impl MyConnection {
     fn conn(&mut self) -> Result<&mut Conn, HostError> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| host_error(ErrorKind::Host, "the connection is closing"))
+        self.conn.as_mut().ok_or_else(|| host_error(ErrorKind::Host, "the connection is closing"))
     }
 
-    pub(super) async fn execute(
-        &mut self,
-        statement: &str,
-        params: &[Value],
-    ) -> Result<u64, HostError> {
+    pub(super) async fn execute(&mut self, statement: &str, params: &[Value]) -> Result<u64, HostError> {
         let conn = self.conn()?;
         match conn.exec_drop(statement, bind(params)).await {
-            Err(mysql_async::Error::Server(e))
-                if e.code == UNSUPPORTED_PREPARED && params.is_empty() =>
-            {
+            Err(mysql_async::Error::Server(e)) if e.code == UNSUPPORTED_PREPARED && params.is_empty() => {
                 conn.query_drop(statement).await.map_err(error)?;
             }
             other => other.map_err(error)?,
@@ -113,19 +97,13 @@ impl MyConnection {
         Ok(conn.affected_rows())
     }
 
-    pub(super) async fn query(
-        &mut self,
-        statement: &str,
-        params: &[Value],
-    ) -> Result<QueryResult, HostError> {
+    pub(super) async fn query(&mut self, statement: &str, params: &[Value]) -> Result<QueryResult, HostError> {
         let conn = self.conn()?;
         // A few statements cannot be prepared; without parameters they can
         // still run as plain text (whose rows `cell` reads the same way).
         let prepared = conn.exec_iter(statement, bind(params)).await;
         match prepared {
-            Err(mysql_async::Error::Server(e))
-                if e.code == UNSUPPORTED_PREPARED && params.is_empty() =>
-            {
+            Err(mysql_async::Error::Server(e)) if e.code == UNSUPPORTED_PREPARED && params.is_empty() => {
                 collect(conn.query_iter(statement).await.map_err(error)?).await
             }
             other => collect(other.map_err(error)?).await,
@@ -134,20 +112,12 @@ impl MyConnection {
 }
 
 /// Reads the first result set row by row into the capped builder.
-async fn collect<P: Protocol + Unpin>(
-    mut result: MyResult<'_, '_, P>,
-) -> Result<QueryResult, HostError> {
-    let columns = result
-        .columns_ref()
-        .iter()
-        .map(|c| c.name_str().into_owned())
-        .collect();
+async fn collect<P: Protocol + Unpin>(mut result: MyResult<'_, '_, P>) -> Result<QueryResult, HostError> {
+    let columns = result.columns_ref().iter().map(|c| c.name_str().into_owned()).collect();
     let mut builder = ResultBuilder::new(columns)?;
     if let Some(mut rows) = result.stream::<Row>().await.map_err(error)? {
         while let Some(row) = rows.try_next().await.map_err(error)? {
-            let values = (0..row.len())
-                .map(|i| cell(&row.columns_ref()[i], row.as_ref(i)))
-                .collect();
+            let values = (0..row.len()).map(|i| cell(&row.columns_ref()[i], row.as_ref(i))).collect();
             builder.push(values)?;
         }
     }
@@ -182,9 +152,7 @@ fn cell(column: &Column, value: Option<&mysql_async::Value>) -> Value {
     match value {
         None | Some(My::NULL) => Value::Null,
         Some(My::Int(n)) => Value::Int(*n),
-        Some(My::UInt(n)) => {
-            i64::try_from(*n).map_or_else(|_| Value::Text(n.to_string()), Value::Int)
-        }
+        Some(My::UInt(n)) => i64::try_from(*n).map_or_else(|_| Value::Text(n.to_string()), Value::Int),
         Some(My::Float(x)) => Value::Float(f64::from(*x)),
         Some(My::Double(x)) => Value::Float(*x),
         Some(My::Date(year, month, day, hour, minute, second, micros)) => {
@@ -192,17 +160,11 @@ fn cell(column: &Column, value: Option<&mysql_async::Value>) -> Value {
             if column.column_type() == ColumnType::MYSQL_TYPE_DATE {
                 return Value::Text(date);
             }
-            Value::Text(format!(
-                "{date} {}",
-                clock(*hour as u32, *minute, *second, *micros)
-            ))
+            Value::Text(format!("{date} {}", clock(*hour as u32, *minute, *second, *micros)))
         }
         Some(My::Time(negative, days, hours, minute, second, micros)) => {
             let sign = if *negative { "-" } else { "" };
-            Value::Text(format!(
-                "{sign}{}",
-                clock(days * 24 + *hours as u32, *minute, *second, *micros)
-            ))
+            Value::Text(format!("{sign}{}", clock(days * 24 + *hours as u32, *minute, *second, *micros)))
         }
         Some(My::Bytes(bytes)) => bytes_cell(column, bytes),
     }
@@ -220,11 +182,9 @@ fn bytes_cell(column: &Column, bytes: &[u8]) -> Value {
     use ColumnType::*;
     let text = std::str::from_utf8(bytes).ok();
     match column.column_type() {
-        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_LONG | MYSQL_TYPE_LONGLONG
-        | MYSQL_TYPE_INT24 | MYSQL_TYPE_YEAR => match text {
-            Some(t) => t
-                .parse()
-                .map_or_else(|_| Value::Text(t.to_owned()), Value::Int),
+        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_LONG | MYSQL_TYPE_LONGLONG | MYSQL_TYPE_INT24
+        | MYSQL_TYPE_YEAR => match text {
+            Some(t) => t.parse().map_or_else(|_| Value::Text(t.to_owned()), Value::Int),
             None => Value::Bytes(bytes.to_vec()),
         },
         MYSQL_TYPE_FLOAT | MYSQL_TYPE_DOUBLE => match text.and_then(|t| t.parse().ok()) {
@@ -270,20 +230,12 @@ fn error(e: mysql_async::Error) -> HostError {
             };
             host_error(kind, driver.to_string())
         }
-        mysql_async::Error::Io(io) if io.to_string().contains("max_allowed_packet") => {
-            result_too_large()
-        }
-        mysql_async::Error::Io(io) => host_error(
-            ErrorKind::Unreachable,
-            format!("the connection was lost: {io}"),
-        ),
+        mysql_async::Error::Io(io) if io.to_string().contains("max_allowed_packet") => result_too_large(),
+        mysql_async::Error::Io(io) => host_error(ErrorKind::Unreachable, format!("the connection was lost: {io}")),
         other => host_error(ErrorKind::Target, other.to_string()),
     }
 }
 
 fn server_error(server: &mysql_async::ServerError) -> HostError {
-    host_error(
-        ErrorKind::Target,
-        format!("{} ({} {})", server.message, server.code, server.state),
-    )
+    host_error(ErrorKind::Target, format!("{} ({} {})", server.message, server.code, server.state))
 }

@@ -4,8 +4,7 @@
 //! driver buffer more than the result cap.
 
 use super::{
-    Login, MAX_RESULT_BYTES, ResultBuilder, WIRE_SLACK, result_too_large, server_name, tls_config,
-    value_kind,
+    Login, MAX_RESULT_BYTES, ResultBuilder, WIRE_SLACK, result_too_large, server_name, tls_config, value_kind,
 };
 use crate::plugins::bindings::tumbler::rotator::sql::{QueryResult, TlsMode, Value};
 use crate::plugins::bindings::tumbler::rotator::types::{ErrorKind, HostError};
@@ -43,53 +42,31 @@ impl Drop for PgConnection {
 }
 
 pub(super) async fn connect(login: &Login) -> Result<PgConnection, HostError> {
-    let tcp = TcpStream::connect(login.addr).await.map_err(|e| {
-        host_error(
-            ErrorKind::Unreachable,
-            format!("cannot connect to {}: {e}", login.addr),
-        )
-    })?;
+    let tcp = TcpStream::connect(login.addr)
+        .await
+        .map_err(|e| host_error(ErrorKind::Unreachable, format!("cannot connect to {}: {e}", login.addr)))?;
     let _ = tcp.set_nodelay(true);
     let meter = Arc::new(WireMeter::default());
-    let stream = Metered {
-        inner: tcp,
-        meter: meter.clone(),
-    };
+    let stream = Metered { inner: tcp, meter: meter.clone() };
     let mut config = tokio_postgres::Config::new();
-    config
-        .user(&login.username)
-        .password(login.password.as_bytes())
-        .application_name("tumbler");
+    config.user(&login.username).password(login.password.as_bytes()).application_name("tumbler");
     if let Some(database) = &login.database {
         config.dbname(database);
     }
     let (client, task) = match login.tls {
         TlsMode::Disable => {
             config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, connection) = config
-                .connect_raw(stream, NoTls)
-                .await
-                .map_err(|e| connect_error(login, e))?;
+            let (client, connection) = config.connect_raw(stream, NoTls).await.map_err(|e| connect_error(login, e))?;
             (client, spawn_connection(connection))
         }
         TlsMode::Require | TlsMode::VerifyFull => {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let tls = RustlsConnect {
-                config: tls_config(login.tls)?,
-                server_name: server_name(login)?,
-            };
-            let (client, connection) = config
-                .connect_raw(stream, tls)
-                .await
-                .map_err(|e| connect_error(login, e))?;
+            let tls = RustlsConnect { config: tls_config(login.tls)?, server_name: server_name(login)? };
+            let (client, connection) = config.connect_raw(stream, tls).await.map_err(|e| connect_error(login, e))?;
             (client, spawn_connection(connection))
         }
     };
-    Ok(PgConnection {
-        client,
-        task,
-        meter,
-    })
+    Ok(PgConnection { client, task, meter })
 }
 
 fn spawn_connection<F>(connection: F) -> JoinHandle<()>
@@ -103,35 +80,16 @@ where
 }
 
 impl PgConnection {
-    pub(super) async fn execute(
-        &mut self,
-        statement: &str,
-        params: &[Value],
-    ) -> Result<u64, HostError> {
+    pub(super) async fn execute(&mut self, statement: &str, params: &[Value]) -> Result<u64, HostError> {
         self.meter.start();
-        let prepared = self
-            .client
-            .prepare(statement)
-            .await
-            .map_err(|e| self.error(e))?;
+        let prepared = self.client.prepare(statement).await.map_err(|e| self.error(e))?;
         let bound = bind(&prepared, params)?;
-        self.client
-            .execute_raw(&prepared, bound)
-            .await
-            .map_err(|e| self.error(e))
+        self.client.execute_raw(&prepared, bound).await.map_err(|e| self.error(e))
     }
 
-    pub(super) async fn query(
-        &mut self,
-        statement: &str,
-        params: &[Value],
-    ) -> Result<QueryResult, HostError> {
+    pub(super) async fn query(&mut self, statement: &str, params: &[Value]) -> Result<QueryResult, HostError> {
         self.meter.start();
-        let prepared = self
-            .client
-            .prepare(statement)
-            .await
-            .map_err(|e| self.error(e))?;
+        let prepared = self.client.prepare(statement).await.map_err(|e| self.error(e))?;
         let bound = bind(&prepared, params)?;
         let mut columns = Vec::with_capacity(prepared.columns().len());
         for column in prepared.columns() {
@@ -150,12 +108,7 @@ impl PgConnection {
             columns.push(column.name().to_owned());
         }
         let mut result = ResultBuilder::new(columns)?;
-        let mut rows = pin!(
-            self.client
-                .query_raw(&prepared, bound)
-                .await
-                .map_err(|e| self.error(e))?
-        );
+        let mut rows = pin!(self.client.query_raw(&prepared, bound).await.map_err(|e| self.error(e))?);
         while let Some(row) = rows.try_next().await.map_err(|e| self.error(e))? {
             let mut values = Vec::with_capacity(row.len());
             for i in 0..row.len() {
@@ -177,16 +130,10 @@ impl PgConnection {
             return host_error(ErrorKind::Invalid, refused.0.clone());
         }
         if let Some(db) = e.as_db_error() {
-            return host_error(
-                ErrorKind::Target,
-                format!("{} ({})", db.message(), db.code().code()),
-            );
+            return host_error(ErrorKind::Target, format!("{} ({})", db.message(), db.code().code()));
         }
         if e.is_closed() {
-            return host_error(
-                ErrorKind::Unreachable,
-                format!("the connection was lost: {}", describe(&e)),
-            );
+            return host_error(ErrorKind::Unreachable, format!("the connection was lost: {}", describe(&e)));
         }
         host_error(ErrorKind::Target, describe(&e))
     }
@@ -209,25 +156,12 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// everything else (TCP, TLS, a closed socket) means it was not reached.
 fn connect_error(login: &Login, e: tokio_postgres::Error) -> HostError {
     match e.as_db_error() {
-        Some(db) if [INVALID_PASSWORD, INVALID_AUTHORIZATION].contains(&db.code().code()) => {
-            host_error(
-                ErrorKind::Auth,
-                format!(
-                    "{} refused the login of {:?}: {}",
-                    login.addr,
-                    login.username,
-                    db.message()
-                ),
-            )
-        }
-        Some(db) => host_error(
-            ErrorKind::Target,
-            format!("{} ({})", db.message(), db.code().code()),
+        Some(db) if [INVALID_PASSWORD, INVALID_AUTHORIZATION].contains(&db.code().code()) => host_error(
+            ErrorKind::Auth,
+            format!("{} refused the login of {:?}: {}", login.addr, login.username, db.message()),
         ),
-        None => host_error(
-            ErrorKind::Unreachable,
-            format!("cannot connect to {}: {}", login.addr, describe(&e)),
-        ),
+        Some(db) => host_error(ErrorKind::Target, format!("{} ({})", db.message(), db.code().code())),
+        None => host_error(ErrorKind::Unreachable, format!("cannot connect to {}: {}", login.addr, describe(&e))),
     }
 }
 
@@ -237,21 +171,10 @@ fn bind<'a>(statement: &Statement, params: &'a [Value]) -> Result<Vec<Param<'a>>
     if statement.params().len() != params.len() {
         return Err(host_error(
             ErrorKind::Invalid,
-            format!(
-                "the statement takes {} parameters; {} were given",
-                statement.params().len(),
-                params.len()
-            ),
+            format!("the statement takes {} parameters; {} were given", statement.params().len(), params.len()),
         ));
     }
-    Ok(params
-        .iter()
-        .enumerate()
-        .map(|(i, value)| Param {
-            position: i + 1,
-            value,
-        })
-        .collect())
+    Ok(params.iter().enumerate().map(|(i, value)| Param { position: i + 1, value }).collect())
 }
 
 /// Why a value could not be bound; found again by `PgConnection::error`.
@@ -276,11 +199,7 @@ struct Param<'a> {
 }
 
 impl ToSql for Param<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         let refuse = || -> Box<dyn StdError + Sync + Send> {
             Box::new(ParamError(format!(
                 "parameter ${} is {} but the statement expects {ty}; cast it in SQL (e.g. ${}::text::{ty})",
@@ -290,25 +209,16 @@ impl ToSql for Param<'_> {
             )))
         };
         let out_of_range = || -> Box<dyn StdError + Sync + Send> {
-            Box::new(ParamError(format!(
-                "parameter ${} does not fit in {ty}",
-                self.position
-            )))
+            Box::new(ParamError(format!("parameter ${} does not fit in {ty}", self.position)))
         };
         match self.value {
             Value::Null => Ok(IsNull::Yes),
             Value::Boolean(b) if *ty == Type::BOOL => b.to_sql(ty, out),
             Value::Int(n) => match *ty {
-                Type::INT2 => i16::try_from(*n)
-                    .map_err(|_| out_of_range())?
-                    .to_sql(ty, out),
-                Type::INT4 => i32::try_from(*n)
-                    .map_err(|_| out_of_range())?
-                    .to_sql(ty, out),
+                Type::INT2 => i16::try_from(*n).map_err(|_| out_of_range())?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*n).map_err(|_| out_of_range())?.to_sql(ty, out),
                 Type::INT8 => n.to_sql(ty, out),
-                Type::OID => u32::try_from(*n)
-                    .map_err(|_| out_of_range())?
-                    .to_sql(ty, out),
+                Type::OID => u32::try_from(*n).map_err(|_| out_of_range())?.to_sql(ty, out),
                 Type::FLOAT4 => (*n as f32).to_sql(ty, out),
                 Type::FLOAT8 => (*n as f64).to_sql(ty, out),
                 _ if is_text(ty) => n.to_string().to_sql(ty, out),
@@ -405,14 +315,7 @@ fn format_uuid(raw: &[u8]) -> Result<String, Box<dyn StdError + Sync + Send>> {
         return Err("a uuid is 16 bytes".into());
     }
     let hex = hex::encode(raw);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
+    Ok(format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
 }
 
 /// Bytes read off the socket since the current operation started. Past
@@ -443,11 +346,7 @@ struct Metered {
 }
 
 impl AsyncRead for Metered {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.meter.tripped() {
             return Poll::Ready(Err(io::Error::other("result over the host's cap")));
@@ -464,11 +363,7 @@ impl AsyncRead for Metered {
 }
 
 impl AsyncWrite for Metered {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
@@ -497,12 +392,7 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         let connector = tokio_rustls::TlsConnector::from(self.config);
-        Box::pin(async move {
-            connector
-                .connect(self.server_name, stream)
-                .await
-                .map(TlsStream)
-        })
+        Box::pin(async move { connector.connect(self.server_name, stream).await.map(TlsStream) })
     }
 }
 
@@ -516,21 +406,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for TlsSt
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
