@@ -6,7 +6,7 @@
 //!
 //! `scripts/test.sh` installs the packages when they are missing.
 //!
-//! ```ignore
+//! ```text
 //! let pg = Postgres::start();
 //! pg.psql("CREATE ROLE app LOGIN PASSWORD 'x'");
 //! let sshd = Sshd::start(&ssh_keypair("test").public_key);
