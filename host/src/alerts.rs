@@ -80,13 +80,20 @@ impl Alert {
 
 // Raised by the rotation engine and break glass as they land.
 impl Alert {
-    /// A rotation ran out of attempts: the pending version was dropped and
-    /// `current` is untouched.
+    /// A rotation ran out of attempts. Before `finish` the pending version
+    /// was dropped and `current` is untouched; in `finish` the labels had
+    /// already moved (the engine moves them as `finish` starts), so
+    /// `current` is the new, tested value and only the cleanup is missing.
     pub fn rotation_failed(secret: &str, rotation_id: &str, step: &str, code: &str) -> Alert {
+        let state = if step == "finish" {
+            "current is the new, tested version; removing the old credential did not complete"
+        } else {
+            "current is unchanged"
+        };
         let mut a = Alert::new(
             "rotation_failed",
             "critical",
-            format!("rotation of '{secret}' failed at step {step} ({code}); current is unchanged"),
+            format!("rotation of '{secret}' failed at step {step} ({code}); {state}"),
         );
         a.secret = Some(secret.into());
         a.rotation_id = Some(rotation_id.into());
