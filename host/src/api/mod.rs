@@ -176,6 +176,34 @@ fn json_error(path: &str, e: serde_json::Error) -> Error {
     }
 }
 
+/// A page size: `default` when absent, else 1..=`max`.
+pub fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(Error::invalid(format!("limit is {n}; choose 1 to {max}"))),
+    }
+}
+
+/// Page tokens are opaque to clients: the key to continue from, encoded.
+pub fn encode_page_token(key: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+pub fn decode_page_token(token: Option<String>) -> Result<Option<String>> {
+    use base64::Engine as _;
+    token
+        .map(|t| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| Error::invalid("page_token is not one this server issued; start again without it"))
+        })
+        .transpose()
+}
+
 /// Query string parsed into `T`, with a 400 naming the problem.
 pub struct Query<T>(pub T);
 

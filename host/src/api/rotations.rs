@@ -14,7 +14,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 #[utoipa::path(put, path = "/v1/secrets/{name}:rotation", tag = "rotation",
@@ -134,21 +133,8 @@ pub struct History {
     responses((status = 200, description = "newest first; `error` and each attempt's `log` only with `read` on the secret", body = History)))]
 pub async fn history(st: AppState, caller: Caller, name: SecretName, q: HistoryParams) -> Result<Json<History>> {
     caller.require(Capability::Rotate, name.as_str())?;
-    let limit = match q.limit {
-        None => 20,
-        Some(n @ 1..=100) => n,
-        Some(n) => return Err(Error::invalid(format!("limit is {n}; choose 1 to 100"))),
-    };
-    let before = q
-        .page_token
-        .map(|t| {
-            URL_SAFE_NO_PAD
-                .decode(&t)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::invalid("page_token is not one this server issued; start again without it"))
-        })
-        .transpose()?;
+    let limit = super::page_limit(q.limit, 20, 100)?;
+    let before = super::decode_page_token(q.page_token)?;
     let reveal = caller.allows(Capability::Read, name.as_str());
     let (rotations, more) = st
         .store
@@ -161,7 +147,7 @@ pub async fn history(st: AppState, caller: Caller, name: SecretName, q: HistoryP
             Ok((records, more))
         })
         .await?;
-    let next_page_token = more.then(|| rotations.last().map(|r| URL_SAFE_NO_PAD.encode(&r.id))).flatten();
+    let next_page_token = more.then(|| rotations.last().map(|r| super::encode_page_token(&r.id))).flatten();
     Ok(Json(History { rotations, next_page_token }))
 }
 

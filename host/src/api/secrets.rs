@@ -14,7 +14,6 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -287,26 +286,13 @@ pub async fn list(
     Query(p): Query<ListParams>,
 ) -> Result<Json<SecretList>> {
     audit.target("secret.list", &p.prefix);
-    let limit = match p.limit {
-        None => 100,
-        Some(n @ 1..=1000) => n,
-        Some(n) => return Err(Error::invalid(format!("limit is {n}; choose 1 to 1000"))),
-    };
-    let after = p
-        .page_token
-        .map(|t| {
-            URL_SAFE_NO_PAD
-                .decode(&t)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::invalid("page_token is not one this server issued; start again without it"))
-        })
-        .transpose()?;
+    let limit = super::page_limit(p.limit, 100, 1000)?;
+    let after = super::decode_page_token(p.page_token)?;
     let q = ListQuery { prefix: p.prefix, after, include_deleted: p.include_deleted, limit };
     let caller = Arc::new(caller);
     let (secrets, last) =
         st.store.read(move |conn, _| secrets::list(conn, &q, |name| caller.allows(Capability::List, name))).await?;
-    Ok(Json(SecretList { secrets, next_page_token: last.map(|n| URL_SAFE_NO_PAD.encode(n)) }))
+    Ok(Json(SecretList { secrets, next_page_token: last.map(|n| super::encode_page_token(&n)) }))
 }
 
 // --- one secret -----------------------------------------------------------
