@@ -301,7 +301,6 @@ async fn a_plugin_connecting_in_a_loop_is_stopped_at_the_cap() {
 async fn a_gigabyte_postgres_result_is_cut_at_the_byte_cap_without_buffering_it() {
     let pg = Postgres::start();
     let (_, rss_before) = memory();
-    let started = std::time::Instant::now();
     let outcome = Call::granting(json!({"sql": [pg.addr()]}))
         .probe(with(
             pg_target(&pg),
@@ -316,7 +315,6 @@ async fn a_gigabyte_postgres_result_is_cut_at_the_byte_cap_without_buffering_it(
         "memory grew by {} MiB",
         (peak_after - rss_before) >> 20
     );
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
 
     // One value bigger than the cap is cut on the wire, before the driver
     // holds the whole row.
