@@ -35,6 +35,10 @@ impl<R: Rotator> bindings::Guest for R {
 }
 
 impl<R: Rotator> dynamic::Guest for R {
+    fn check_role(role: String, params: String) -> Result<(), StepError> {
+        R::check_role(&role, &params)
+    }
+
     fn issue(request: IssueRequest) -> Result<Issued, StepError> {
         R::issue(&request)
     }

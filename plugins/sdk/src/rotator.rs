@@ -50,6 +50,13 @@ pub trait Rotator {
     /// of [`StepInput::stale_versions`] (all older ones in an emergency).
     fn finish(input: &StepInput) -> Result<(), StepError>;
 
+    /// Checks a dynamic role's parameters when the role is saved; touches
+    /// no target. The default accepts what [`issue`](Self::issue) will parse.
+    fn check_role(role: &str, params: &str) -> Result<(), StepError> {
+        let _ = (role, params);
+        if Self::DYNAMIC { Ok(()) } else { Err(StepError::fatal(NOT_DYNAMIC)) }
+    }
+
     /// Creates a leased credential at the target (dynamic secrets).
     fn issue(request: &IssueRequest) -> Result<Issued, StepError> {
         let _ = request;
