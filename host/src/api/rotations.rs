@@ -13,7 +13,6 @@ use crate::rotation::state::{self, RotationRecord, Started, Trigger};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 #[utoipa::path(put, path = "/v1/secrets/{name}:rotation", tag = "rotation",

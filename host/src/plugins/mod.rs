@@ -24,3 +24,23 @@ pub mod bindings {
         },
     });
 }
+
+/// Host bindings for world `dynamic-rotator`: the same imports (mapped onto
+/// [`bindings`], so one linker serves both worlds) plus the `dynamic` export.
+/// A plugin is dynamic when its component also satisfies this world.
+pub mod dynamic_bindings {
+    wasmtime::component::bindgen!({
+        world: "dynamic-rotator",
+        path: "../wit",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "tumbler:rotator/types": super::bindings::tumbler::rotator::types,
+            "tumbler:rotator/log": super::bindings::tumbler::rotator::log,
+            "tumbler:rotator/secrets": super::bindings::tumbler::rotator::secrets,
+            "tumbler:rotator/sql": super::bindings::tumbler::rotator::sql,
+            "tumbler:rotator/ssh": super::bindings::tumbler::rotator::ssh,
+            "tumbler:rotator/http": super::bindings::tumbler::rotator::http,
+        },
+    });
+}

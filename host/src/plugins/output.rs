@@ -69,17 +69,25 @@ pub struct Redactions(Vec<Zeroizing<String>>);
 
 impl Redactions {
     /// Adds a value and, when it is a JSON object, each string field long
-    /// enough to be a credential (a plugin may log just the password).
+    /// enough to be a credential (a plugin may log just the password) —
+    /// and so on into fields that are JSON objects themselves (an issued
+    /// lease wraps the credential's JSON in a string).
     pub fn add(&mut self, value: &str) {
+        self.add_nested(value, 3);
+    }
+
+    fn add_nested(&mut self, value: &str, depth: u8) {
         if value.is_empty() {
             return;
         }
-        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(value) {
+        if depth > 0
+            && let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(value)
+        {
             for v in map.values() {
-                if let serde_json::Value::String(s) = v {
-                    if s.len() >= 8 {
-                        self.0.push(Zeroizing::new(s.clone()));
-                    }
+                if let serde_json::Value::String(s) = v
+                    && s.len() >= 8
+                {
+                    self.add_nested(s, depth - 1);
                 }
             }
         }

@@ -3,6 +3,8 @@
 
 use super::bindings::tumbler::rotator::types as wit;
 use super::bindings::{Rotator, RotatorPre};
+use super::dynamic_bindings::DynamicRotatorPre;
+use super::dynamic_bindings::exports::tumbler::rotator::dynamic as wit_dynamic;
 use super::cache::ComponentCache;
 use super::capabilities::Grants;
 use super::output::{CapturedOutput, Redactions};
@@ -129,6 +131,8 @@ pub struct LoadedPlugin {
     /// Whether the native code came from the on-disk cache (not recompiled).
     pub from_cache: bool,
     pre: RotatorPre<PluginState>,
+    /// Present when the component also exports `dynamic`.
+    dynamic_pre: Option<DynamicRotatorPre<PluginState>>,
 }
 
 /// Everything a call may use besides the plugin itself.
@@ -280,13 +284,14 @@ impl Runtime {
                 format!("the component imports something tumbler does not provide (only tumbler:rotator@0.1.0 and WASI): {e:#}"),
             )
         })?;
+        let dynamic_pre = DynamicRotatorPre::new(instance_pre.clone()).ok();
         let pre = RotatorPre::new(instance_pre).map_err(|e| {
             PluginError::new(
                 PluginErrorKind::Invalid,
                 format!("the component does not implement the tumbler:rotator@0.1.0 world `rotator`: {e:#}"),
             )
         })?;
-        let mut plugin = LoadedPlugin { sha256: sha256.to_owned(), info: empty_info(), from_cache, pre };
+        let mut plugin = LoadedPlugin { sha256: sha256.to_owned(), info: empty_info(), from_cache, pre, dynamic_pre };
         let outcome = self.call(&plugin, CallContext::default(), Redactions::default(), Call::Info).await;
         plugin.info = match outcome.result {
             Ok(Some(json)) => serde_json::from_str(&json).map_err(|e| host(format!("plugin info: {e}")))?,
@@ -295,6 +300,16 @@ impl Runtime {
                 return Err(PluginError::new(PluginErrorKind::Invalid, format!("calling `info` failed: {e}")));
             }
         };
+        if plugin.info.dynamic && plugin.dynamic_pre.is_none() {
+            return Err(PluginError::new(
+                PluginErrorKind::Invalid,
+                "the plugin says it is dynamic but does not export tumbler:rotator/dynamic@0.1.0",
+            ));
+        }
+        if !plugin.info.dynamic {
+            // Only what the plugin claims is ever called.
+            plugin.dynamic_pre = None;
+        }
         Ok(plugin)
     }
 
@@ -316,12 +331,64 @@ impl Runtime {
         self.call(plugin, ctx, redactions, Call::Step(step, input)).await
     }
 
+    /// Asks a dynamic plugin whether a role's parameters are acceptable.
+    pub async fn check_role(&self, plugin: &LoadedPlugin, role: &str, params: &str, ctx: CallContext) -> StepOutcome {
+        let call = Call::CheckRole { role: role.to_owned(), params: params.to_owned() };
+        self.call(plugin, ctx, Redactions::default(), call).await
+    }
+
+    /// Issues a leased credential. On success the value is the JSON object
+    /// `{"credential", "revoke_handle"}` (both strings).
+    pub async fn issue(&self, plugin: &LoadedPlugin, request: wit_dynamic::IssueRequest, ctx: CallContext) -> StepOutcome {
+        self.call(plugin, ctx, Redactions::default(), Call::Issue(request)).await
+    }
+
+    /// Moves a leased credential's expiry at the target.
+    pub async fn renew(
+        &self,
+        plugin: &LoadedPlugin,
+        role: &str,
+        params: &str,
+        handle: &str,
+        expires_at: &str,
+        ctx: CallContext,
+    ) -> StepOutcome {
+        let mut redactions = Redactions::default();
+        redactions.add(handle);
+        let call = Call::Renew {
+            role: role.to_owned(),
+            params: params.to_owned(),
+            handle: Zeroizing::new(handle.to_owned()),
+            expires_at: expires_at.to_owned(),
+        };
+        self.call(plugin, ctx, redactions, call).await
+    }
+
+    /// Revokes a leased credential given its revoke handle.
+    pub async fn revoke(
+        &self,
+        plugin: &LoadedPlugin,
+        role: &str,
+        params: &str,
+        handle: &str,
+        ctx: CallContext,
+    ) -> StepOutcome {
+        let mut redactions = Redactions::default();
+        redactions.add(handle);
+        let call = Call::Revoke { role: role.to_owned(), params: params.to_owned(), handle: Zeroizing::new(handle.to_owned()) };
+        self.call(plugin, ctx, redactions, call).await
+    }
+
     async fn call(&self, plugin: &LoadedPlugin, ctx: CallContext, redactions: Redactions, call: Call) -> StepOutcome {
         let started = Instant::now();
         let who = if ctx.plugin.is_empty() { plugin.info.name.clone() } else { ctx.plugin.clone() };
         let what = match &call {
             Call::Info => "info",
             Call::Step(step, _) => step.as_str(),
+            Call::CheckRole { .. } => "check-role",
+            Call::Issue(_) => "issue",
+            Call::Renew { .. } => "renew",
+            Call::Revoke { .. } => "revoke",
         };
         let output = CapturedOutput::default();
         let Ok(_permit) = self.calls.acquire().await else {
@@ -350,7 +417,7 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
-        let result = tokio::time::timeout(self.limits.step_timeout, invoke(&plugin.pre, &mut store, call)).await;
+        let result = tokio::time::timeout(self.limits.step_timeout, invoke(plugin, &mut store, call)).await;
         let state = store.data_mut();
         let result = match result {
             Err(_) => Err(PluginError::new(
@@ -384,16 +451,23 @@ impl Runtime {
 enum Call {
     Info,
     Step(Step, wit::StepInput),
+    CheckRole { role: String, params: String },
+    Issue(wit_dynamic::IssueRequest),
+    Renew { role: String, params: String, handle: Zeroizing<String>, expires_at: String },
+    Revoke { role: String, params: String, handle: Zeroizing<String> },
 }
 
 /// Instantiates and calls. The outer error is a trap; the inner one is the
 /// plugin's own `step-error`.
 async fn invoke(
-    pre: &RotatorPre<PluginState>,
+    plugin: &LoadedPlugin,
     store: &mut Store<PluginState>,
     call: Call,
 ) -> wasmtime::Result<Result<Option<Zeroizing<String>>, PluginError>> {
-    let rotator = pre.instantiate_async(&mut *store).await?;
+    if !matches!(call, Call::Info | Call::Step(..)) {
+        return invoke_dynamic(plugin, store, call).await;
+    }
+    let rotator = plugin.pre.instantiate_async(&mut *store).await?;
     let step_result = match call {
         Call::Info => {
             let info = rotator.call_info(&mut *store).await?;
@@ -419,11 +493,49 @@ async fn invoke(
         Call::Step(Step::Set, input) => rotator.call_set(&mut *store, &input).await?.map(|()| None),
         Call::Step(Step::Test, input) => rotator.call_test(&mut *store, &input).await?.map(|()| None),
         Call::Step(Step::Finish, input) => rotator.call_finish(&mut *store, &input).await?.map(|()| None),
+        Call::CheckRole { .. } | Call::Issue(_) | Call::Renew { .. } | Call::Revoke { .. } => {
+            unreachable!("dispatched above")
+        }
     };
-    Ok(step_result.map_err(|e| match e {
+    Ok(step_result.map_err(step_error))
+}
+
+/// The `dynamic` interface's calls.
+async fn invoke_dynamic(
+    plugin: &LoadedPlugin,
+    store: &mut Store<PluginState>,
+    call: Call,
+) -> wasmtime::Result<Result<Option<Zeroizing<String>>, PluginError>> {
+    let Some(pre) = &plugin.dynamic_pre else {
+        return Ok(Err(PluginError::new(
+            PluginErrorKind::Invalid,
+            "this plugin does not implement dynamic secrets (it does not export tumbler:rotator/dynamic)",
+        )));
+    };
+    let instance = pre.instantiate_async(&mut *store).await?;
+    let dynamic = instance.tumbler_rotator_dynamic();
+    let result = match call {
+        Call::CheckRole { role, params } => dynamic.call_check_role(&mut *store, &role, &params).await?.map(|()| None),
+        Call::Issue(request) => dynamic.call_issue(&mut *store, &request).await?.map(|issued| {
+            let json = serde_json::json!({"credential": issued.credential, "revoke_handle": issued.revoke_handle});
+            Some(Zeroizing::new(json.to_string()))
+        }),
+        Call::Renew { role, params, handle, expires_at } => {
+            dynamic.call_renew(&mut *store, &role, &params, &handle, &expires_at).await?.map(|()| None)
+        }
+        Call::Revoke { role, params, handle } => {
+            dynamic.call_revoke(&mut *store, &role, &params, &handle).await?.map(|()| None)
+        }
+        Call::Info | Call::Step(..) => unreachable!("not a dynamic call"),
+    };
+    Ok(result.map_err(step_error))
+}
+
+fn step_error(e: wit::StepError) -> PluginError {
+    match e {
         wit::StepError::Retryable(m) => PluginError::new(PluginErrorKind::Retryable, m),
         wit::StepError::Fatal(m) => PluginError::new(PluginErrorKind::Fatal, m),
-    }))
+    }
 }
 
 fn trap_error(e: &wasmtime::Error) -> PluginError {

@@ -43,6 +43,10 @@ impl<R: Rotator> dynamic::Guest for R {
         R::issue(&request)
     }
 
+    fn renew(role: String, params: String, revoke_handle: String, expires_at: String) -> Result<(), StepError> {
+        R::renew(&role, &params, &revoke_handle, &expires_at)
+    }
+
     fn revoke(role: String, params: String, revoke_handle: String) -> Result<(), StepError> {
         R::revoke(&role, &params, &revoke_handle)
     }

@@ -63,6 +63,13 @@ pub trait Rotator {
         Err(StepError::fatal(NOT_DYNAMIC))
     }
 
+    /// Moves a leased credential's expiry at the target when its lease is
+    /// renewed. The default suits targets with no expiry of their own.
+    fn renew(role: &str, params: &str, revoke_handle: &str, expires_at: &str) -> Result<(), StepError> {
+        let _ = (role, params, revoke_handle, expires_at);
+        if Self::DYNAMIC { Ok(()) } else { Err(StepError::fatal(NOT_DYNAMIC)) }
+    }
+
     /// Removes a leased credential; must succeed when it is already gone.
     fn revoke(role: &str, params: &str, revoke_handle: &str) -> Result<(), StepError> {
         let _ = (role, params, revoke_handle);
