@@ -14,6 +14,8 @@ pub enum Kind {
     NotFound,
     Conflict,
     TooLarge,
+    /// A plugin call the request depended on failed (422 `plugin_failed`).
+    PluginFailed,
     Internal,
     /// The server cannot do this now, e.g. the audit log cannot be written
     /// (fail closed: nothing else was changed).
@@ -50,6 +52,9 @@ impl Error {
     pub fn too_large(m: impl Into<String>) -> Self {
         Self::new(Kind::TooLarge, m)
     }
+    pub fn plugin_failed(m: impl Into<String>) -> Self {
+        Self::new(Kind::PluginFailed, m)
+    }
     pub fn internal(m: impl Into<String>) -> Self {
         Self::new(Kind::Internal, m)
     }
@@ -68,6 +73,7 @@ impl Error {
             Kind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Kind::Conflict => (StatusCode::CONFLICT, "conflict"),
             Kind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Kind::PluginFailed => (StatusCode::UNPROCESSABLE_ENTITY, "plugin_failed"),
             Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Kind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }

@@ -147,7 +147,8 @@ pub fn rotate_master_key(data_dir: &Path, source: &KeySource) -> anyhow::Result<
         .with_context(|| format!("writing {}", pending.display()))?;
     write_key(&mut file, &new)?;
     let count = store.write_blocking(|tx, keys| {
-        let n = store::secrets::rewrap_all(tx, &keys.master, &new)?;
+        let n = store::secrets::rewrap_all(tx, &keys.master, &new)?
+            + crate::leases::roles::rewrap_all(tx, &keys.master, &new)?;
         // The audit MAC key derives from the master key: re-MAC the chain
         // (after checking it under the old key) and record the rotation.
         let new_audit_key = store::audit_key(&new);

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod crypto;
 pub mod error;
 pub mod keyfile;
+pub mod leases;
 pub mod metrics;
 pub mod model;
 pub mod operator;

@@ -241,3 +241,23 @@ mod tests {
         assert_eq!(RecoveryDays::parse(None).unwrap().millis(), 30 * 86_400_000);
     }
 }
+
+/// A duration as sent: seconds as a number, or text such as `30m`, `12h`, `7d`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Ttl {
+    Seconds(u64),
+    Text(String),
+}
+
+impl Ttl {
+    /// Parses it; the error names `field`.
+    pub fn parse(self, field: &str) -> Result<std::time::Duration, Error> {
+        match self {
+            Ttl::Seconds(s) => Ok(std::time::Duration::from_secs(s)),
+            Ttl::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+                Error::invalid(format!("{field} {t:?} is not a duration ({e}); write e.g. 30m, 12h or 7d"))
+            }),
+        }
+    }
+}

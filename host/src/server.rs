@@ -78,6 +78,15 @@ pub struct ServeArgs {
     /// Longest wait between two attempts of a step.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub rotation_retry_max: Duration,
+    /// Leases one token may hold at once (issue beyond it is refused with 409).
+    #[arg(long, default_value_t = 100)]
+    pub lease_token_quota: u32,
+    /// Wait after a lease's revocation first fails at its target; doubled each time, with jitter.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub lease_retry_base: Duration,
+    /// Longest wait between two attempts to revoke a lease.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lease_retry_max: Duration,
 }
 
 /// What must stay alive while the server runs.
@@ -130,13 +139,32 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
         ..rotation::Settings::default()
     }
     .with_retry(args.rotation_retry_base, args.rotation_retry_max);
-    let rotation =
-        rotation::Engine::start(running.store.clone(), audit.clone(), plugins.clone(), alerts, settings).await?;
+    let leases = crate::leases::Leases::start(
+        running.store.clone(),
+        audit.clone(),
+        plugins.clone(),
+        crate::leases::Settings {
+            token_quota: args.lease_token_quota.max(1),
+            retry_base: args.lease_retry_base,
+            retry_max: args.lease_retry_max,
+            ..crate::leases::Settings::default()
+        },
+    )
+    .await?;
+    let rotation = rotation::Engine::start(
+        running.store.clone(),
+        audit.clone(),
+        plugins.clone(),
+        leases.clone(),
+        alerts,
+        settings,
+    )
+    .await?;
 
     let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let app = api::router(AppState { store: running.store.clone(), audit, plugins, rotation });
+    let app = api::router(AppState { store: running.store.clone(), audit, plugins, rotation, leases });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };

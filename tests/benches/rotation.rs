@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tumbler::alerts::Alerts;
 use tumbler::audit::AuditLog;
 use tumbler::crypto::MasterKey;
+use tumbler::leases::Leases;
 use tumbler::model::{SecretName, SecretValue};
 use tumbler::plugins::cache::ComponentCache;
 use tumbler::plugins::registry::Registry;
@@ -116,7 +117,10 @@ async fn throughput(n: usize, concurrency: usize) {
     let audit = AuditLog::start(store.clone(), None, Alerts::default());
     let started = Instant::now();
     let settings = Settings { concurrency, ..Settings::default() };
-    let _engine = Engine::start(store.clone(), audit, registry, Alerts::default(), settings).await.expect("engine");
+    let leases =
+        Leases::start(store.clone(), audit.clone(), registry.clone(), Default::default()).await.expect("leases");
+    let _engine =
+        Engine::start(store.clone(), audit, registry, leases, Alerts::default(), settings).await.expect("engine");
     let calls_before = plugin_calls();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -201,7 +205,10 @@ async fn idle_child(spec: &str) {
     let store = Store::open(Path::new(dir), master).expect("open store");
     let registry = registry(&store, Path::new(dir)).await;
     let audit = AuditLog::start(store.clone(), None, Alerts::default());
-    let _engine = Engine::start(store, audit, registry, Alerts::default(), Settings::default()).await.expect("engine");
+    let leases =
+        Leases::start(store.clone(), audit.clone(), registry.clone(), Default::default()).await.expect("leases");
+    let _engine =
+        Engine::start(store, audit, registry, leases, Alerts::default(), Settings::default()).await.expect("engine");
     println!("ready");
     std::future::pending::<()>().await;
 }

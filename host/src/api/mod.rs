@@ -9,6 +9,7 @@ mod openapi;
 mod plugins;
 mod policies;
 mod request;
+mod roles;
 mod rotations;
 mod secrets;
 mod tokens;
@@ -21,7 +22,7 @@ use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH};
 use axum::http::request::Parts;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use zeroize::{Zeroize, Zeroizing};
@@ -35,6 +36,7 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     pub plugins: std::sync::Arc<crate::plugins::registry::Registry>,
     pub rotation: std::sync::Arc<crate::rotation::Engine>,
+    pub leases: std::sync::Arc<crate::leases::Leases>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -53,6 +55,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(secrets::delete_action),
         )
         .route("/v1/rotations/{id}", get(rotations::get))
+        .route("/v1/roles", get(roles::list))
+        .route("/v1/roles/{name}", get(roles::get).put(roles::put).delete(roles::delete).post(roles::post_action))
+        .route("/v1/leases", get(roles::list_leases))
+        .route("/v1/leases/{id}", post(roles::lease_action))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::describe).post(plugins::upload).delete(plugins::delete))
         .route("/v1/policies", get(policies::list))

@@ -1,7 +1,7 @@
 //! `GET /v1/openapi.json`: the API as OpenAPI 3, generated from the handlers'
 //! annotations so it cannot drift from the code.
 
-use super::{audit, health, metrics, plugins, policies, rotations, secrets, tokens};
+use super::{audit, health, metrics, plugins, policies, roles, rotations, secrets, tokens};
 use crate::auth::Caller;
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -19,6 +19,8 @@ use utoipa::{Modify, OpenApi};
         plugins::upload, plugins::list, plugins::describe, plugins::delete,
         rotations::put_config, rotations::get_config, rotations::delete_config, rotations::rotate,
         rotations::history, rotations::get,
+        roles::put, roles::get, roles::delete, roles::list, roles::post_action, roles::lease_action,
+        roles::list_leases,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -11,7 +11,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 const RESOURCE: &str = "sys/tokens";
 
@@ -22,24 +21,7 @@ pub struct CreateToken {
     policies: Vec<String>,
     /// A duration such as `1h` or `30d`, or seconds as a number (default 32 days).
     #[schema(value_type = Option<String>)]
-    ttl: Option<Ttl>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Ttl {
-    Seconds(u64),
-    Text(String),
-}
-
-impl Ttl {
-    fn parse(self) -> Result<Duration> {
-        match self {
-            Ttl::Seconds(s) => Ok(Duration::from_secs(s)),
-            Ttl::Text(t) => humantime::parse_duration(&t)
-                .map_err(|e| Error::invalid(format!("ttl {t:?} is not a duration ({e}); write e.g. 30m, 12h or 7d"))),
-        }
-    }
+    ttl: Option<crate::model::Ttl>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -57,7 +39,8 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Minted>)> {
     audit.target("token.create", &body.name);
     caller.require(Capability::Admin, RESOURCE)?;
-    let req = MintRequest { name: body.name, policies: body.policies, ttl: body.ttl.map(Ttl::parse).transpose()? };
+    let req =
+        MintRequest { name: body.name, policies: body.policies, ttl: body.ttl.map(|t| t.parse("ttl")).transpose()? };
     let minted =
         audit.write_with_status(|_| StatusCode::CREATED, move |tx, _| auth::mint(tx, Some(&caller), req)).await?;
     Ok((StatusCode::CREATED, Json(minted)))

@@ -319,6 +319,15 @@ impl Registry {
                         users.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(", ")
                     )));
                 }
+                // So does a dynamic role, and every lease not yet revoked (it
+                // is revoked with the code that issued it).
+                let roles = crate::leases::roles::plugin_users(tx, &n, version)?;
+                if !roles.is_empty() {
+                    return Err(Error::conflict(format!(
+                        "plugin '{n}' is used by {}; point those roles at another plugin, revoke their leases                          and delete them first",
+                        roles.join(", ")
+                    )));
+                }
                 Ok(match version {
                     Some(v) => tx.execute("DELETE FROM plugins WHERE name = ?1 AND version = ?2", params![n, v])?,
                     None => tx.execute("DELETE FROM plugins WHERE name = ?1", [&n])?,

@@ -3,10 +3,10 @@
 
 use super::bindings::tumbler::rotator::types as wit;
 use super::bindings::{Rotator, RotatorPre};
-use super::dynamic_bindings::DynamicRotatorPre;
-use super::dynamic_bindings::exports::tumbler::rotator::dynamic as wit_dynamic;
 use super::cache::ComponentCache;
 use super::capabilities::Grants;
+use super::dynamic_bindings::DynamicRotatorPre;
+use super::dynamic_bindings::exports::tumbler::rotator::dynamic as wit_dynamic;
 use super::output::{CapturedOutput, Redactions};
 use crate::model::SecretName;
 use crate::store::Store as SecretStore;
@@ -339,7 +339,12 @@ impl Runtime {
 
     /// Issues a leased credential. On success the value is the JSON object
     /// `{"credential", "revoke_handle"}` (both strings).
-    pub async fn issue(&self, plugin: &LoadedPlugin, request: wit_dynamic::IssueRequest, ctx: CallContext) -> StepOutcome {
+    pub async fn issue(
+        &self,
+        plugin: &LoadedPlugin,
+        request: wit_dynamic::IssueRequest,
+        ctx: CallContext,
+    ) -> StepOutcome {
         self.call(plugin, ctx, Redactions::default(), Call::Issue(request)).await
     }
 
@@ -375,7 +380,11 @@ impl Runtime {
     ) -> StepOutcome {
         let mut redactions = Redactions::default();
         redactions.add(handle);
-        let call = Call::Revoke { role: role.to_owned(), params: params.to_owned(), handle: Zeroizing::new(handle.to_owned()) };
+        let call = Call::Revoke {
+            role: role.to_owned(),
+            params: params.to_owned(),
+            handle: Zeroizing::new(handle.to_owned()),
+        };
         self.call(plugin, ctx, redactions, call).await
     }
 

@@ -58,6 +58,8 @@ pub struct Engine {
     audit: AuditLog,
     registry: Arc<Registry>,
     runtime: Arc<Runtime>,
+    /// A break glass revokes the leases issued with the secret.
+    leases: Arc<crate::leases::Leases>,
     alerts: Alerts,
     settings: Settings,
     /// The global concurrency limit: a rotation holds a slot from its
@@ -79,6 +81,7 @@ impl Engine {
         store: Store,
         audit: AuditLog,
         registry: Arc<Registry>,
+        leases: Arc<crate::leases::Leases>,
         alerts: Alerts,
         settings: Settings,
     ) -> crate::error::Result<Arc<Engine>> {
@@ -89,6 +92,7 @@ impl Engine {
             store,
             audit,
             registry,
+            leases,
             alerts,
             settings,
             wake: Notify::new(),

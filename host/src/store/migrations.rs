@@ -178,6 +178,58 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (rotation_id, seq)
     );
     "#,
+    // 6: dynamic roles and their leases; the reason a break glass gave.
+    // A role has its own data key (wrapped under the negative of its id, so
+    // it can never pass for a secret's); lease revoke handles are sealed
+    // under it. A lease pins the plugin and params it was issued with, so
+    // it is revoked the way it was made even if the role changes later.
+    r#"
+    CREATE TABLE roles (
+        id             INTEGER PRIMARY KEY,
+        name           TEXT NOT NULL UNIQUE,
+        plugin         TEXT NOT NULL,
+        plugin_version INTEGER NOT NULL,
+        plugin_sha256  TEXT NOT NULL,
+        params         TEXT NOT NULL,
+        grants         TEXT NOT NULL,
+        admin_secret   TEXT NOT NULL,
+        default_ttl    INTEGER NOT NULL,
+        max_ttl        INTEGER NOT NULL,
+        max_leases     INTEGER NOT NULL,
+        dek_wrapped    BLOB NOT NULL,
+        dek_kek_id     TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        updated_at     INTEGER NOT NULL
+    );
+
+    CREATE TABLE leases (
+        id              TEXT PRIMARY KEY,
+        role_id         INTEGER NOT NULL REFERENCES roles (id) ON DELETE CASCADE,
+        token_id        TEXT NOT NULL,
+        token_name      TEXT NOT NULL,
+        plugin          TEXT NOT NULL,
+        plugin_sha256   TEXT NOT NULL,
+        params          TEXT NOT NULL,
+        grants          TEXT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('issuing', 'active', 'revoke_pending', 'revoked')),
+        issued_at       INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        max_expires_at  INTEGER NOT NULL,
+        handle_nonce    BLOB,
+        handle_sealed   BLOB,
+        revoke_reason   TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        last_error      TEXT,
+        revoked_at      INTEGER
+    );
+    CREATE INDEX leases_expiry ON leases (state, expires_at);
+    CREATE INDEX leases_retry ON leases (state, next_attempt_at);
+    CREATE INDEX leases_role ON leases (role_id, state);
+    CREATE INDEX leases_token ON leases (token_id, state);
+
+    ALTER TABLE rotations ADD COLUMN reason TEXT;
+    "#,
 ];
 
 pub fn apply(conn: &Connection) -> Result<()> {

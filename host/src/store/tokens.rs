@@ -75,12 +75,20 @@ pub fn revoke_tree(tx: &Transaction<'_>, id: &str, now: i64) -> Result<Option<us
     if exists.is_none() {
         return Ok(None);
     }
-    let n = tx.execute(
-        "WITH RECURSIVE tree(id) AS (
-             SELECT ?1 UNION SELECT tokens.id FROM tokens JOIN tree ON tokens.parent_id = tree.id)
-         UPDATE tokens SET revoked_at = ?2 WHERE id IN tree AND revoked_at IS NULL",
-        params![id, now],
-    )?;
+    let tree: Vec<String> = tx
+        .prepare(
+            "WITH RECURSIVE tree(id) AS (
+                 SELECT ?1 UNION SELECT tokens.id FROM tokens JOIN tree ON tokens.parent_id = tree.id)
+             SELECT id FROM tree",
+        )?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut n = 0;
+    for t in &tree {
+        n += tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![t, now])?;
+    }
+    // A revoked token's leases go with it (the sweeper revokes them at the target).
+    crate::leases::lease::mark_tokens(tx, &tree, now)?;
     Ok(Some(n))
 }
 
