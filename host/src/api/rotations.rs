@@ -170,3 +170,32 @@ pub async fn get(
     let reveal = caller.allows(Capability::Read, &row.secret_name);
     st.store.read(move |conn, keys| state::record(conn, keys, row, reveal)).await.map(Json)
 }
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassRequest {
+    /// Why (kept in the audit record and the rotation).
+    reason: String,
+}
+
+#[utoipa::path(post, path = "/v1/secrets/{name}:revoke", tag = "rotation",
+    params(("name" = String, Path)), request_body = BreakGlassRequest,
+    responses((status = 202, description = "break glass started; or, when one is already running, that one's id with `already_running: true` (it is joined, never repeated)", body = Started),
+              (status = 403, description = "needs `admin` on the secret", body = crate::error::ErrorBody),
+              (status = 404, description = "no such secret, or it has no rotation config", body = crate::error::ErrorBody)))]
+pub async fn break_glass(
+    st: AppState,
+    audit: RequestAudit,
+    caller: Caller,
+    name: SecretName,
+    body: BreakGlassRequest,
+) -> Result<(StatusCode, Json<Started>)> {
+    caller.require(Capability::Admin, name.as_str())?;
+    let reason = body.reason.trim().to_owned();
+    if reason.is_empty() || reason.len() > 1_000 {
+        return Err(Error::invalid("reason: say why, in 1 to 1000 characters (it goes into the audit log)"));
+    }
+    audit.detail("reason", &reason);
+    let started = st.rotation.break_glass(name, reason, caller.token_name.clone(), &audit).await?;
+    Ok((StatusCode::ACCEPTED, Json(started)))
+}

@@ -27,6 +27,8 @@ enum Action {
     Rotation,
     Rotate,
     Rotations,
+    /// `:revoke`, break glass.
+    Revoke,
 }
 
 fn parse_path(path: &str) -> Result<(SecretName, Action)> {
@@ -43,12 +45,13 @@ fn parse_path(path: &str) -> Result<(SecretName, Action)> {
         Some("rotation") => Action::Rotation,
         Some("rotate") => Action::Rotate,
         Some("rotations") => Action::Rotations,
+        Some("revoke") => Action::Revoke,
         Some(a) => match a.strip_prefix("labels/") {
             Some(label) => Action::Label(Label::parse(label)?),
             None => {
                 return Err(Error::not_found(format!(
                     "unknown action ':{a}'; secrets have :value, :versions, :labels/LABEL, :restore, \
-                     :rotation, :rotate and :rotations"
+                     :rotation, :rotate, :rotations and :revoke"
                 )));
             }
         },
@@ -78,7 +81,7 @@ pub async fn get_action(
         Action::Versions => Some("secret.versions"),
         Action::Rotation => Some("rotation.config.get"),
         Action::Rotations => Some("rotation.history"),
-        Action::Restore | Action::Label(_) | Action::Rotate => None,
+        Action::Restore | Action::Label(_) | Action::Rotate | Action::Revoke => None,
     });
     let caller = caller?;
     let (name, action) = parsed?;
@@ -92,7 +95,7 @@ pub async fn get_action(
         Action::Rotations => {
             rotations::history(st, caller, name, parse_query(query)?).await.map(IntoResponse::into_response)
         }
-        Action::Restore | Action::Rotate => Err(wrong_method("POST", "this action")),
+        Action::Restore | Action::Rotate | Action::Revoke => Err(wrong_method("POST", "this action")),
         Action::Label(_) => Err(wrong_method("PUT", ":labels/LABEL")),
     }
 }
@@ -109,6 +112,7 @@ pub async fn post_action(
         Action::Versions => Some("secret.put"),
         Action::Restore => Some("secret.restore"),
         Action::Rotate => Some("rotation.start"),
+        Action::Revoke => Some("secret.break_glass"),
         Action::None | Action::Value | Action::Label(_) | Action::Rotation | Action::Rotations => None,
     });
     let caller = caller?;
@@ -120,6 +124,10 @@ pub async fn post_action(
         }
         Action::Restore => restore(audit, caller, name).await.map(IntoResponse::into_response),
         Action::Rotate => rotations::rotate(st, audit, caller, name).await.map(IntoResponse::into_response),
+        Action::Revoke => {
+            let JsonBody(body) = JsonBody::from_request(req, &()).await?;
+            rotations::break_glass(st, audit, caller, name, body).await.map(IntoResponse::into_response)
+        }
         Action::Rotation => Err(wrong_method("PUT", ":rotation")),
         Action::Rotations => Err(wrong_method("GET", ":rotations")),
         Action::None => {

@@ -51,6 +51,12 @@ impl RequestAudit {
         state.entry.resource = resource.into();
     }
 
+    /// Adds a detail to the record (e.g. a break glass's reason).
+    pub fn detail(&self, key: &str, value: &str) {
+        let mut state = self.state();
+        state.entry.detail.insert(key.into(), value.into());
+    }
+
     /// The authenticated caller (never the token itself).
     pub fn set_caller(&self, token_id: &str, token_name: &str) {
         let mut state = self.state();

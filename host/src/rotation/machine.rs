@@ -5,12 +5,12 @@
 //! slot up to wait for a retry, and once its plugin's last step returned.
 
 use super::Engine;
-use super::state::{self, Cursor, Ended, Failure, Next, Outcome, Prepared, Status};
+use super::state::{self, Cursor, Ended, Failure, Next, Outcome, Prepared, Status, Trigger};
 use crate::alerts::Alert;
 use crate::error::Result;
 use crate::metrics::metrics;
 use crate::model::{SecretName, SecretValue, now_millis};
-use crate::plugins::bindings::tumbler::rotator::types::StepInput;
+use crate::plugins::bindings::tumbler::rotator::types::{StepInput, Version};
 use crate::plugins::capabilities::GrantsSpec;
 use crate::plugins::{CallContext, PluginError, PluginErrorKind, Step};
 use std::sync::Arc;
@@ -158,8 +158,8 @@ async fn run_step(engine: &Engine, p: &Prepared) -> (Outcome, String) {
         pending: state::wit_version(&p.pending),
         previous: state::wit_version(&p.previous),
         fell_off: state::wit_version(&p.fell_off),
-        emergency: false,
-        older: Vec::new(),
+        emergency: row.trigger == Trigger::BreakGlass.as_str(),
+        older: p.older.iter().map(|v| Version { id: v.id.clone(), value: v.value.expose().to_owned() }).collect(),
     };
     let outcome = engine.runtime.run_step(&plugin, step, input, ctx).await;
     let m = metrics();

@@ -22,6 +22,7 @@ mod tests;
 
 use crate::alerts::Alerts;
 use crate::audit::AuditLog;
+use crate::model::SecretName;
 use crate::plugins::Runtime;
 use crate::plugins::registry::Registry;
 use crate::store::Store;
@@ -140,6 +141,54 @@ impl Engine {
     /// Tells the scheduler to look again (a config was set or removed).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Break glass on `name`: rotate now (overtaking a running rotation),
+    /// invalidate every older credential in `finish`, revoke the leases of
+    /// roles that log in with this secret, alert. Joins one in progress.
+    pub async fn break_glass(
+        self: &Arc<Self>,
+        name: SecretName,
+        reason: String,
+        token_name: String,
+        audit: &crate::audit::RequestAudit,
+    ) -> crate::error::Result<state::Started> {
+        let (n, log) = (name.clone(), self.audit.clone());
+        let broken = audit
+            .write(move |tx, keys| {
+                let pinned = config::pinned(tx, &n)?;
+                let broken = state::start_break_glass(tx, keys, &log, &n, &pinned, &reason)?;
+                if !broken.started.already_running {
+                    let now = crate::model::now_millis();
+                    for role in crate::leases::roles::using_admin_secret(tx, n.as_str())? {
+                        crate::leases::lease::mark_role(tx, role.id, "break glass on the role's admin secret", now)?;
+                    }
+                }
+                Ok(broken)
+            })
+            .await?;
+        if broken.started.already_running {
+            return Ok(broken.started);
+        }
+        self.alerts.raise(crate::alerts::Alert::break_glass(name.as_str(), &token_name));
+        self.leases.wake();
+        let engine = self.clone();
+        let id = broken.started.rotation_id.clone();
+        tokio::spawn(async move {
+            // The overtaken rotation's executor may be inside a plugin step
+            // at the target: let that call return (its result is then
+            // refused) before the break glass touches the target.
+            if let Some(old) = broken.overtaken {
+                let deadline = tokio::time::Instant::now() + engine.runtime.limits().step_timeout * 2;
+                while engine.driving.lock().unwrap_or_else(|p| p.into_inner()).contains(&old)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            engine.drive(id);
+        });
+        Ok(broken.started)
     }
 
     /// How many rotations this process is driving.

@@ -69,6 +69,9 @@ impl Status {
 pub enum Trigger {
     Schedule,
     Manual,
+    /// `:revoke`: rotate now, overtaking a running rotation, and have
+    /// `finish` invalidate every older credential.
+    BreakGlass,
 }
 
 impl Trigger {
@@ -76,8 +79,46 @@ impl Trigger {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
+            Trigger::BreakGlass => "break_glass",
         }
     }
+}
+
+/// What a break glass did.
+pub struct BrokenGlass {
+    pub started: Started,
+    /// The rotation it overtook (stopped, its pending version dropped).
+    pub overtaken: Option<String>,
+}
+
+/// Starts a break-glass rotation of `secret`. A break glass already
+/// running is joined (never a second one: it would revoke the credential
+/// the first just made). Any other running rotation is overtaken in this
+/// transaction: it ends as `overtaken`, its pending version is dropped and
+/// the secret's generation moves, so every later step of its executor
+/// fails its compare-and-set and it can never promote its own version.
+pub fn start_break_glass(
+    tx: &Transaction<'_>,
+    keys: &Keys,
+    audit: &AuditLog,
+    secret: &SecretName,
+    pinned: &Pinned,
+    reason: &str,
+) -> Result<BrokenGlass> {
+    let s = secrets::live(tx, secret)?;
+    let mut overtaken = None;
+    if let Some(running) = crate::store::rotations::running_id(tx, s.id)? {
+        let row = load(tx, &running)?.ok_or_else(|| error_for_missing(&running))?;
+        if row.trigger == Trigger::BreakGlass.as_str() {
+            return Ok(BrokenGlass { started: Started { rotation_id: running, already_running: true }, overtaken });
+        }
+        let f = Failure::host("overtaken", "a break glass on the secret overtook this rotation");
+        fail(tx, keys, audit, row, f)?;
+        overtaken = Some(running);
+    }
+    let started = start(tx, secret, pinned, Trigger::BreakGlass, None)?;
+    tx.execute("UPDATE rotations SET reason = ?1 WHERE id = ?2", params![reason, started.rotation_id])?;
+    Ok(BrokenGlass { started, overtaken })
 }
 
 pub fn parse_step(s: &str) -> Step {
@@ -274,6 +315,8 @@ pub struct Prepared {
     pub pending: Option<StepVersion>,
     pub previous: Option<StepVersion>,
     pub fell_off: Option<StepVersion>,
+    /// In a break glass's `finish`: every other version held, newest first.
+    pub older: Vec<StepVersion>,
 }
 
 /// What a transition decided.
@@ -477,8 +520,19 @@ fn begin_checked(tx: &Transaction<'_>, keys: &Keys, audit: &AuditLog, checked: C
         Some(v) if row.step == Step::Finish => read(Selector::Version(v.clone()))?,
         _ => None,
     };
+    let mut older = Vec::new();
+    if row.step == Step::Finish && row.trigger == Trigger::BreakGlass.as_str() {
+        let keep = current.as_ref().map(|v| v.id.clone());
+        let mut all = secrets::versions(tx, &name)?;
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        for v in all.into_iter().filter(|v| Some(&v.version_id) != keep.as_ref()) {
+            if let Some(version) = read(Selector::Version(v.version_id))? {
+                older.push(version);
+            }
+        }
+    }
     let cursor = row.cursor();
-    Ok(Next::Run(Box::new(Prepared { row, cursor, current, pending, previous, fell_off })))
+    Ok(Next::Run(Box::new(Prepared { row, cursor, current, pending, previous, fell_off, older })))
 }
 
 fn has_labels(conn: &Connection, version_id: &str) -> Result<bool> {
