@@ -9,14 +9,19 @@
 //! the statement, and so in the server's logs. The user is therefore
 //! (re)identified with `mysql_native_password`, MariaDB's default; on MySQL
 //! 8.4 and later that plugin must be enabled, or the step fails saying so.
+//!
+//! It also backs dynamic roles: a user per lease, made from statement
+//! templates ([`dynamic`]).
 
+mod dynamic;
 mod native_password;
 
 use serde::Deserialize;
 use tumbler_sdk::database_rotation::{self as rotation, PasswordDatabase};
+use tumbler_sdk::dynamic_database as leases;
 use tumbler_sdk::serde_json::{Map, Value, json};
 use tumbler_sdk::sql::{Connection, Engine, Value as SqlValue};
-use tumbler_sdk::{Capability, Info, Rotator, StepError, StepInput, log};
+use tumbler_sdk::{Capability, Info, IssueRequest, Issued, Rotator, StepError, StepInput, log};
 
 struct Mysql;
 
@@ -178,6 +183,10 @@ fn retarget(grant: &str, template: &str, host: &str, username: &str) -> Option<S
 }
 
 impl Rotator for Mysql {
+    const DYNAMIC: bool = true;
+
+    /// The schema is the rotation's params only: a dynamic role's params
+    /// are checked by `check_role` when the role is saved.
     fn info() -> Info {
         Info::new(
             "mysql",
@@ -203,6 +212,22 @@ impl Rotator for Mysql {
 
     fn finish(input: &StepInput) -> Result<(), StepError> {
         rotation::finish::<Self>(input)
+    }
+
+    fn check_role(role: &str, params: &str) -> Result<(), StepError> {
+        leases::check_role::<dynamic::Leases>(role, params)
+    }
+
+    fn issue(request: &IssueRequest) -> Result<Issued, StepError> {
+        leases::issue::<dynamic::Leases>(request)
+    }
+
+    fn renew(role: &str, params: &str, revoke_handle: &str, expires_at: &str) -> Result<(), StepError> {
+        leases::renew::<dynamic::Leases>(role, params, revoke_handle, expires_at)
+    }
+
+    fn revoke(role: &str, params: &str, revoke_handle: &str) -> Result<(), StepError> {
+        leases::revoke::<dynamic::Leases>(role, params, revoke_handle)
     }
 }
 

@@ -3,14 +3,19 @@
 //! `tumbler_sdk::database_rotation`; this crate says how PostgreSQL does
 //! each thing). The password reaches the server only as a SCRAM-SHA-256
 //! verifier computed here ([`scram`]).
+//!
+//! It also backs dynamic roles: a role per lease, made from statement
+//! templates ([`dynamic`]).
 
+mod dynamic;
 mod scram;
 
 use serde::Deserialize;
 use tumbler_sdk::database_rotation::{self as rotation, PasswordDatabase};
+use tumbler_sdk::dynamic_database as leases;
 use tumbler_sdk::serde_json::{Map, Value};
 use tumbler_sdk::sql::{Connection, Engine};
-use tumbler_sdk::{Capability, Info, Rotator, StepError, StepInput};
+use tumbler_sdk::{Capability, Info, IssueRequest, Issued, Rotator, StepError, StepInput};
 
 struct Postgres;
 
@@ -84,6 +89,10 @@ fn verifier_literal(password: &str) -> Result<String, StepError> {
 }
 
 impl Rotator for Postgres {
+    const DYNAMIC: bool = true;
+
+    /// The schema is the rotation's params only: a dynamic role's params
+    /// are checked by `check_role` when the role is saved.
     fn info() -> Info {
         Info::new(
             "postgres",
@@ -109,6 +118,22 @@ impl Rotator for Postgres {
 
     fn finish(input: &StepInput) -> Result<(), StepError> {
         rotation::finish::<Self>(input)
+    }
+
+    fn check_role(role: &str, params: &str) -> Result<(), StepError> {
+        leases::check_role::<dynamic::Leases>(role, params)
+    }
+
+    fn issue(request: &IssueRequest) -> Result<Issued, StepError> {
+        leases::issue::<dynamic::Leases>(request)
+    }
+
+    fn renew(role: &str, params: &str, revoke_handle: &str, expires_at: &str) -> Result<(), StepError> {
+        leases::renew::<dynamic::Leases>(role, params, revoke_handle, expires_at)
+    }
+
+    fn revoke(role: &str, params: &str, revoke_handle: &str) -> Result<(), StepError> {
+        leases::revoke::<dynamic::Leases>(role, params, revoke_handle)
     }
 }
 

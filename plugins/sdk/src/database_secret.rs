@@ -46,6 +46,27 @@ impl fmt::Debug for DatabaseSecret {
 }
 
 impl DatabaseSecret {
+    /// A new secret with no `dbname` and no other fields (e.g. a dynamic
+    /// credential); the port, if any, is written as a number.
+    pub fn new(
+        engine: impl Into<String>,
+        host: impl Into<String>,
+        port: Option<u16>,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        DatabaseSecret {
+            engine: engine.into(),
+            host: host.into(),
+            port,
+            username: username.into(),
+            password: password.into(),
+            dbname: None,
+            other: Map::new(),
+            port_as_text: false,
+        }
+    }
+
     /// Parses a secret's value. A fatal error says which field is wrong.
     pub fn parse(value: &str) -> Result<Self, StepError> {
         let mut fields =
@@ -216,6 +237,14 @@ mod tests {
         assert_eq!(secret.sql_engine().unwrap(), Engine::Mysql);
         secret.engine = "oracle".into();
         assert!(secret.sql_engine().is_err());
+    }
+
+    #[test]
+    fn a_new_secret_is_written_in_aws_order() {
+        let mut secret = DatabaseSecret::new("mysql", "db", Some(3306), "u", "p");
+        assert_eq!(secret.to_json(), r#"{"engine":"mysql","host":"db","port":3306,"username":"u","password":"p"}"#);
+        secret.dbname = Some("app".into());
+        assert_eq!(DatabaseSecret::parse(&secret.to_json()).unwrap(), secret);
     }
 
     #[test]

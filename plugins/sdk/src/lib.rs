@@ -23,7 +23,8 @@
 //! Helpers: [`password`] (AWS GetRandomPassword's options),
 //! [`database_secret`] (AWS's database-secret JSON), [`database_rotation`]
 //! (AWS's single-user and alternating-users strategies for any SQL engine),
-//! and typed wrappers over
+//! [`dynamic_database`] (a user per lease from statement templates, for any
+//! SQL engine), and typed wrappers over
 //! what the host lets a plugin reach: [`log`], [`secrets`], [`sql`], [`ssh`],
 //! [`http`]. Every host call is checked against the operator's grants; a
 //! refused one comes back as a [`HostError`] that `?` turns into a
@@ -36,6 +37,7 @@ mod bindings_glue;
 pub mod database_rotation;
 pub mod database_secret;
 pub mod dynamic;
+pub mod dynamic_database;
 mod errors;
 pub mod http;
 mod info;
