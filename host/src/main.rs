@@ -75,6 +75,30 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Break glass: rotate NAME now, invalidate every older credential at
+    /// its target, revoke leases issued with it, alert.
+    Revoke {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        name: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Dynamic roles: define them and issue leased credentials.
+    Role {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::RoleCommand,
+    },
+    /// Leases of dynamic credentials.
+    Lease {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::LeaseCommand,
+    },
     /// A secret's rotations, newest first.
     History {
         #[command(flatten)]
@@ -117,6 +141,9 @@ fn main() -> ExitCode {
             Command::Rotation { client, command } => cli::rotation(client, command).await,
             Command::Rotate { client, name, wait } => cli::rotate(client, name, wait).await,
             Command::History { client, name } => cli::history(client, name).await,
+            Command::Revoke { client, name, reason } => cli::revoke(client, name, reason).await,
+            Command::Role { client, command } => cli::role(client, command).await,
+            Command::Lease { client, command } => cli::lease(client, command).await,
             Command::Plugin { client, command } => cli::plugin(client, command).await,
         }
     });

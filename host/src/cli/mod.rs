@@ -1,8 +1,10 @@
 //! The client half of the binary: `secret`, `token` and `policy` commands
 //! that talk to a server over HTTP(S), reading TUMBLER_ADDR and TUMBLER_TOKEN.
 
+mod leases;
 mod rotation;
 
+pub use leases::{LeaseCommand, RoleCommand, lease, revoke, role};
 pub use rotation::{RotationCommand, history, rotate, rotation};
 
 use anyhow::{Context, bail};

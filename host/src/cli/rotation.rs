@@ -49,7 +49,7 @@ pub enum RotationCommand {
     Rm { name: String },
 }
 
-fn parse_grant(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_grant(s: &str) -> Result<(String, String), String> {
     let (kind, target) = s.split_once(':').ok_or_else(|| format!("{s:?} is not KIND:TARGET"))?;
     let field = match kind {
         "sql" | "ssh" | "http" => kind,
@@ -57,6 +57,35 @@ fn parse_grant(s: &str) -> Result<(String, String), String> {
         other => return Err(format!("grant kind {other:?} is not one of sql, ssh, http, secret")),
     };
     Ok((field.to_owned(), target.to_owned()))
+}
+
+/// The `params` object (a file, then `--param` entries over it) and the
+/// `grants` object from `--grant` entries.
+pub(super) fn params_and_grants(
+    params_file: Option<PathBuf>,
+    params: Vec<(String, String)>,
+    grants: Vec<(String, String)>,
+) -> anyhow::Result<(Map<String, Value>, Map<String, Value>)> {
+    let mut p: Map<String, Value> = match params_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            match serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))? {
+                Value::Object(m) => m,
+                _ => bail!("{} must hold a JSON object", f.display()),
+            }
+        }
+        None => Map::new(),
+    };
+    for (k, v) in params {
+        p.insert(k, param_value(&v));
+    }
+    let mut g: Map<String, Value> = Map::new();
+    for (kind, target) in grants {
+        if let Value::Array(list) = g.entry(kind).or_insert_with(|| json!([])) {
+            list.push(Value::String(target));
+        }
+    }
+    Ok((p, g))
 }
 
 /// A parameter value: JSON when it is JSON (`5432`, `true`, `["a"]`), else the text.
@@ -79,25 +108,7 @@ pub async fn rotation(args: ClientArgs, cmd: RotationCommand) -> anyhow::Result<
             max_attempts,
             now,
         } => {
-            let mut p: Map<String, Value> = match params_file {
-                Some(f) => {
-                    let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-                    match serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))? {
-                        Value::Object(m) => m,
-                        _ => bail!("{} must hold a JSON object", f.display()),
-                    }
-                }
-                None => Map::new(),
-            };
-            for (k, v) in params {
-                p.insert(k, param_value(&v));
-            }
-            let mut g: Map<String, Value> = Map::new();
-            for (kind, target) in grants {
-                if let Value::Array(list) = g.entry(kind).or_insert_with(|| json!([])) {
-                    list.push(Value::String(target));
-                }
-            }
+            let (p, g) = params_and_grants(params_file, params, grants)?;
             let mut body =
                 json!({ "plugin": plugin, "schedule": schedule, "params": p, "grants": g, "rotate_now": now });
             if let Some(v) = plugin_version {
