@@ -587,6 +587,11 @@ impl Instance {
         self.server.take().expect("no server running").stop()
     }
 
+    /// Kills the server (SIGKILL: no shutdown of any kind) and returns its exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.server.take().expect("no server running").kill()
+    }
+
     pub fn server(&mut self) -> &mut Server {
         self.server.as_mut().expect("no server running")
     }
