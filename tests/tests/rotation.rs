@@ -656,3 +656,56 @@ async fn a_new_upload_under_the_same_name_does_not_change_what_a_config_runs() {
     let done = wait_end(&root, &id, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done:#}");
 }
+
+#[tokio::test]
+async fn a_break_glass_overtakes_a_running_rotation_which_never_promotes_its_version() {
+    let gate = Gate::start().await;
+    let instance = start(&[]);
+    let root = instance.root();
+    upload(&root, "gate", "test-gate").await;
+    let v0 = root.create_secret("glass/db", "initial-value").await;
+    assert_eq!(set_rotation(&root, "glass/db", gate_config(&gate, "")).await.0, 200);
+    gate.close("/set");
+    let overtaken = rotate(&root, "glass/db").await;
+    gate.wait_for_hits("/set", 1, Duration::from_secs(30)).await;
+    let its_pending = labels(&root, "glass/db").await["pending"].clone();
+
+    let path = format!("{}:revoke", secret_path("glass/db"));
+    let reply = root.post(&path, &json!({})).await;
+    assert_error(&reply, 400, "invalid_request");
+    let reply = root.post(&path, &json!({"reason": "key pasted in chat"})).await;
+    assert_eq!(reply.0, 202, "{reply:?}");
+    assert_eq!(reply.1["already_running"], false, "{reply:?}");
+    let glass = reply.1["rotation_id"].as_str().unwrap().to_owned();
+    assert_ne!(glass, overtaken);
+    // A second call while it is in progress joins it.
+    let again = root.post(&path, &json!({"reason": "again"})).await;
+    assert_eq!((again.0, again.1["already_running"].clone()), (202, json!(true)), "{again:?}");
+    assert_eq!(again.1["rotation_id"], json!(glass));
+
+    // The overtaken rotation ended at once; its pending version is gone.
+    let old = record(&root, &overtaken).await;
+    assert_eq!((old["status"].clone(), old["error_code"].clone()), (json!("failed"), json!("overtaken")), "{old:#}");
+    assert!(root.versions("glass/db").await.iter().all(|v| v["version_id"] != json!(its_pending)));
+
+    // Its executor is still inside `set`; once that returns it must change nothing.
+    gate.open("/set");
+    let done = wait_end(&root, &glass, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["trigger"], "break_glass");
+    let after = labels(&root, "glass/db").await;
+    assert_ne!(after["current"], its_pending, "the overtaken rotation never promotes its version");
+    assert_ne!(after["current"], v0);
+    assert_eq!(after["previous"], v0);
+    assert!(!after.contains_key("pending"), "{after:?}");
+    assert_eq!(record(&root, &overtaken).await["status"], "failed");
+    let (_, audit) = root.get_query("/v1/audit", &[("limit", "1000")]).await;
+    let reasons: Vec<&Value> = audit["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] == "secret.break_glass" && r["status"] == 202)
+        .collect();
+    assert_eq!(reasons.len(), 2, "both calls are audited: {reasons:#?}");
+    assert!(reasons.iter().any(|r| r["detail"]["reason"] == "key pasted in chat"), "{reasons:#?}");
+}

@@ -101,10 +101,13 @@ pub async fn rotate(
     caller.require(Capability::Rotate, name.as_str())?;
     let n = name.clone();
     let started = audit
-        .write(move |tx, _| {
-            let pinned = config::pinned(tx, &n)?;
-            state::start(tx, &n, &pinned, Trigger::Manual, None)
-        })
+        .write_with_status(
+            |_| StatusCode::ACCEPTED,
+            move |tx, _| {
+                let pinned = config::pinned(tx, &n)?;
+                state::start(tx, &n, &pinned, Trigger::Manual, None)
+            },
+        )
         .await?;
     if !started.already_running {
         st.rotation.drive(started.rotation_id.clone());

@@ -155,17 +155,25 @@ impl Engine {
     ) -> crate::error::Result<state::Started> {
         let (n, log) = (name.clone(), self.audit.clone());
         let broken = audit
-            .write(move |tx, keys| {
-                let pinned = config::pinned(tx, &n)?;
-                let broken = state::start_break_glass(tx, keys, &log, &n, &pinned, &reason)?;
-                if !broken.started.already_running {
-                    let now = crate::model::now_millis();
-                    for role in crate::leases::roles::using_admin_secret(tx, n.as_str())? {
-                        crate::leases::lease::mark_role(tx, role.id, "break glass on the role's admin secret", now)?;
+            .write_with_status(
+                |_| axum::http::StatusCode::ACCEPTED,
+                move |tx, keys| {
+                    let pinned = config::pinned(tx, &n)?;
+                    let broken = state::start_break_glass(tx, keys, &log, &n, &pinned, &reason)?;
+                    if !broken.started.already_running {
+                        let now = crate::model::now_millis();
+                        for role in crate::leases::roles::using_admin_secret(tx, n.as_str())? {
+                            crate::leases::lease::mark_role(
+                                tx,
+                                role.id,
+                                "break glass on the role's admin secret",
+                                now,
+                            )?;
+                        }
                     }
-                }
-                Ok(broken)
-            })
+                    Ok(broken)
+                },
+            )
             .await?;
         if broken.started.already_running {
             return Ok(broken.started);
