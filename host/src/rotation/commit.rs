@@ -3,7 +3,16 @@
 //! more often than the disk can flush one at a time. Transitions queue
 //! here; one task runs whatever has queued in one write transaction, each
 //! in its own savepoint (a transition that fails rolls back alone), and
-//! answers each caller once the whole batch is on disk.
+//! answers each caller once the whole batch is committed.
+//!
+//! Durability: a transition that stores what the target is about to
+//! accept (the new version, before `set` runs) must survive a power cut,
+//! or the store could lose a password the database already uses; such a
+//! batch commits with `synchronous=FULL`. Every other transition only
+//! records progress that a restart redoes safely (steps are idempotent:
+//! after a lost `set → test` the rotation resumes at `set`), so a batch of
+//! only those commits relaxed — in the WAL at once, on disk with the next
+//! full commit. That is one fsync per rotation instead of four.
 
 use crate::error::{Error, Result};
 use crate::store::{Keys, Store};
@@ -17,7 +26,13 @@ const MAX_BATCH: usize = 256;
 /// Told whether the batch committed (`None`) or why not; answers the caller.
 type Reply = Box<dyn FnOnce(Option<&Error>) + Send>;
 /// Runs one transition in the batch's transaction.
-type Transition = Box<dyn FnOnce(&Transaction<'_>, &Keys) -> Reply + Send>;
+type Run = Box<dyn FnOnce(&Transaction<'_>, &Keys) -> Reply + Send>;
+
+struct Transition {
+    run: Run,
+    /// Must be on disk before its caller goes on.
+    durable: bool,
+}
 
 #[derive(Clone)]
 pub struct Committer {
@@ -31,14 +46,33 @@ impl Committer {
         Committer { queue }
     }
 
-    /// Runs `f` in the next batch; returns its result once it is committed.
+    /// Runs `f` in the next batch; returns its result once it is on disk.
     pub async fn commit<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
     {
+        self.commit_with(true, f).await
+    }
+
+    /// Runs `f` in the next batch; returns once it is committed to the WAL
+    /// (on disk with the next full commit). Only for transitions a restart
+    /// redoes safely.
+    pub async fn commit_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
+    {
+        self.commit_with(false, f).await
+    }
+
+    async fn commit_with<T, F>(&self, durable: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
+    {
         let (done, wait) = oneshot::channel::<Result<T>>();
-        let transition: Transition = Box::new(move |tx, keys| {
+        let run: Run = Box::new(move |tx, keys| {
             let result = in_savepoint(tx, |tx| f(tx, keys));
             Box::new(move |failed: Option<&Error>| {
                 let answer = match failed {
@@ -50,7 +84,7 @@ impl Committer {
             })
         });
         let gone = || Error::unavailable("the rotation engine is shutting down");
-        self.queue.send(transition).await.map_err(|_| gone())?;
+        self.queue.send(Transition { run, durable }).await.map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?
     }
 }
@@ -72,13 +106,13 @@ async fn run(store: Store, mut queue: mpsc::Receiver<Transition>) {
         // reaches every caller.
         let replies: Arc<Mutex<Vec<Reply>>> = Arc::default();
         let made = replies.clone();
-        let outcome = store
-            .write(move |tx, keys| {
-                let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
-                made.extend(transitions.into_iter().map(|t| t(tx, keys)));
-                Ok(())
-            })
-            .await;
+        let durable = transitions.iter().any(|t| t.durable);
+        let work = move |tx: &Transaction<'_>, keys: &Keys| {
+            let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+            made.extend(transitions.into_iter().map(|t| (t.run)(tx, keys)));
+            Ok(())
+        };
+        let outcome = if durable { store.write(work).await } else { store.write_relaxed(work).await };
         let replies = std::mem::take(&mut *replies.lock().unwrap_or_else(|p| p.into_inner()));
         let failed = outcome.err();
         for reply in replies {

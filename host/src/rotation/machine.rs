@@ -69,7 +69,8 @@ async fn drive_inner(
             Some(next) => next,
             None => {
                 let (audit, rid) = (engine.audit.clone(), id.to_owned());
-                engine.committer.commit(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?
+                // Only records that a step starts: a restart redoes it.
+                engine.committer.commit_relaxed(move |tx, keys| state::begin(tx, keys, &audit, &rid, cursor)).await?
             }
         };
         // Steps run back to back while they succeed; the slot is held until
@@ -86,10 +87,17 @@ async fn drive_inner(
                         engine.wake();
                     }
                     let (audit, rid, backoff) = (engine.audit.clone(), id.to_owned(), engine.settings.backoff);
-                    next = engine
-                        .committer
-                        .commit(move |tx, keys| state::advance(tx, keys, &audit, &rid, cursor, outcome, &log, backoff))
-                        .await?;
+                    // The new version must be on disk before `set` gives it
+                    // to the target; every other transition a restart redoes.
+                    let durable = matches!(outcome, Outcome::Created(_));
+                    let advance = move |tx: &rusqlite::Transaction<'_>, keys: &crate::store::Keys| {
+                        state::advance(tx, keys, &audit, &rid, cursor, outcome, &log, backoff)
+                    };
+                    next = if durable {
+                        engine.committer.commit(advance).await?
+                    } else {
+                        engine.committer.commit_relaxed(advance).await?
+                    };
                 }
                 Next::RetryAt(at) => {
                     wait_until = Some(at);

@@ -43,9 +43,10 @@ async fn tick(engine: &Arc<Engine>) -> crate::error::Result<Duration> {
     let free = permits.len();
     if free > 0 {
         let audit = engine.audit.clone();
+        // A claim lost in a power cut leaves the configs due: claimed again.
         let claimed = engine
             .committer
-            .commit(move |tx, keys| {
+            .commit_relaxed(move |tx, keys| {
                 let claimed = config::claim_due(tx, now, free)?;
                 let entries: Vec<_> = claimed
                     .iter()

@@ -129,6 +129,21 @@ impl Store {
         run_blocking(move || inner.write_now(f)).await
     }
 
+    /// [`Store::write`] for a transaction whose loss in a power cut is
+    /// harmless: it commits with `synchronous=NORMAL`, so it is in the WAL
+    /// (durable against a crash of the process) when this returns, and on
+    /// disk with the next full commit or checkpoint. WAL order means a
+    /// later full commit never lands without it. Used for rotation
+    /// transitions that a restart simply redoes (see rotation/commit.rs).
+    pub async fn write_relaxed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        run_blocking(move || inner.write_with(Sync::Relaxed, f)).await
+    }
+
     /// The synchronous form of [`Store::write`], for offline commands.
     pub fn write_blocking<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
         self.inner.write_now(f)
@@ -152,12 +167,28 @@ impl Inner {
     }
 
     fn write_now<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
+        self.write_with(Sync::Full, f)
+    }
+
+    fn write_with<T>(&self, sync: Sync, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Set on every transaction, so a relaxed one never leaks its
+        // setting into the next (a cheap pragma, no I/O).
+        conn.pragma_update(None, "synchronous", if sync == Sync::Relaxed { "NORMAL" } else { "FULL" })?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.keys)?;
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// How a write transaction reaches the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// `synchronous=FULL`: on disk before the commit returns.
+    Full,
+    /// `synchronous=NORMAL`: in the WAL; on disk with the next full commit.
+    Relaxed,
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -234,4 +265,26 @@ pub(crate) fn test_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::create(dir.path(), MasterKey::generate()).expect("create store");
     (dir, store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn level(store: &Store, relaxed: bool) -> i64 {
+        let f = |tx: &rusqlite::Transaction<'_>, _: &Keys| Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?);
+        if relaxed { store.write_relaxed(f).await.unwrap() } else { store.write(f).await.unwrap() }
+    }
+
+    #[tokio::test]
+    async fn a_relaxed_write_never_leaves_the_writer_relaxed() {
+        let (_dir, store) = test_store();
+        assert_eq!(level(&store, false).await, 2, "FULL");
+        assert_eq!(level(&store, true).await, 1, "NORMAL");
+        assert_eq!(level(&store, false).await, 2, "the next write is FULL again");
+        // Even when the relaxed transaction fails.
+        let failed = store.write_relaxed(|_, _| -> Result<()> { Err(Error::conflict("no")) }).await;
+        assert!(failed.is_err());
+        assert_eq!(level(&store, false).await, 2);
+    }
 }
