@@ -141,9 +141,11 @@ impl Leases {
         let (token_id, token_name) = (caller.token_id.clone(), caller.token_name.clone());
         let (token_expires_at, token_quota) = (caller.expires_at, self.settings.token_quota);
         let r = role.clone();
+        // Relaxed: a reservation lost in a power cut is one the next start
+        // would drop anyway; the lease becomes durable when it is activated.
         let reserved = self
             .store
-            .write(move |tx, _| {
+            .write_relaxed(move |tx, _| {
                 let holder = Holder { token_id: &token_id, token_name: &token_name, token_expires_at, token_quota };
                 lease::reserve(tx, &r, &holder, ttl_ms, now_millis())
             })
@@ -500,4 +502,35 @@ async fn sweep_once(leases: &Arc<Leases>, last_prune: &mut i64) -> Result<()> {
     m.leases_active.set(&[], active as f64);
     m.leases_revoke_pending.set(&[], pending as f64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revocation_backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let s = Settings {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        for (attempt, floor) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1_600), (6, 2_000), (30, 2_000)] {
+            for _ in 0..50 {
+                let d = backoff(&s, attempt).as_millis() as u64;
+                assert!(d >= floor && d <= floor + floor / 4, "attempt {attempt}: {d} ms");
+            }
+        }
+    }
+
+    #[test]
+    fn role_names_stay_one_path_segment() {
+        for ok in ["app", "orders-ro", "a.b_c"] {
+            roles::validate_name(ok).unwrap();
+        }
+        for bad in ["", "a/b", "a:issue", "sp ace", &"x".repeat(129)] {
+            let e = roles::validate_name(bad).unwrap_err();
+            assert!(e.message().contains("role name"), "{}", e.message());
+        }
+    }
 }
