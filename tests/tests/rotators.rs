@@ -457,19 +457,10 @@ async fn configure(client: &Client, secret: &str, plugin: &str, params: Value, g
 /// `POST NAME:rotate`, then polls the rotation until it ends; returns its
 /// record (status, attempts with their logs and errors, duration).
 async fn rotate(client: &Client, secret: &str) -> Value {
-    let started = Instant::now();
     let reply = client.post(&format!("{}:rotate", secret_path(secret)), &json!({})).await;
     assert_eq!(reply.0, 202, "rotate {secret}: {reply:?}");
     let id = reply.1["rotation_id"].as_str().expect("rotation_id").to_owned();
-    loop {
-        let (status, record) = client.get(&format!("/v1/rotations/{id}")).await;
-        assert_eq!(status, 200, "rotation {id}: {record}");
-        if record["status"] != "running" {
-            return record;
-        }
-        assert!(started.elapsed() < Duration::from_secs(180), "rotation {id} still running: {record:#}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_rotation(client, &id).await
 }
 
 /// A rotation that must succeed; prints how long it took (the measured
@@ -1042,4 +1033,31 @@ async fn ssh_rotates_end_to_end_and_a_stopped_host_fails_the_rotation() {
     assert_eq!(current_json(&root, "hosts/web1").await, previous, "current is untouched");
     assert!(ssh_logs_in(&sshd, previous["private_key"].as_str().unwrap()), "and still logs in");
     assert_eq!(sshd.authorized_keys(), before);
+
+    // Break glass: afterwards only the new key is authorized.
+    let reply = root.post(&format!("{}:revoke", secret_path("hosts/web1")), &json!({"reason": "laptop stolen"})).await;
+    assert_eq!(reply.0, 202, "{reply:?}");
+    let record = wait_rotation(&root, reply.1["rotation_id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "succeeded", "{record:#}");
+    let new = current_json(&root, "hosts/web1").await;
+    assert!(ssh_logs_in(&sshd, new["private_key"].as_str().unwrap()), "the new key works");
+    assert!(!ssh_logs_in(&sshd, previous["private_key"].as_str().unwrap()), "the previous key is removed at once");
+    let keys: Vec<String> =
+        sshd.authorized_keys().lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+    assert_eq!(keys.len(), 1, "only the new key is left: {keys:#?}");
+    assert!(keys[0].contains(new["public_key"].as_str().unwrap().split_whitespace().nth(1).unwrap()));
+}
+
+/// Polls a rotation record until it is no longer running.
+async fn wait_rotation(client: &Client, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, record) = client.get(&format!("/v1/rotations/{id}")).await;
+        assert_eq!(status, 200, "rotation {id}: {record}");
+        if record["status"] != "running" {
+            return record;
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "rotation {id} still running: {record:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
