@@ -116,7 +116,7 @@ async fn postgres_leases_log_in_expire_renew_up_to_the_max_and_revoke() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(root.get("/v1/roles/bad").await.0, 404, "a refused role is not stored");
 
-    let (status, body) = pg_role(&root, &pg, "app", json!({"default_ttl": "3s", "max_ttl": "12s"})).await;
+    let (status, body) = pg_role(&root, &pg, "app", json!({"default_ttl": "3s", "max_ttl": "15s"})).await;
     assert_eq!(status, 200, "{body}");
 
     // Issued: it logs in, as a role PostgreSQL itself expires.
@@ -142,12 +142,12 @@ async fn postgres_leases_log_in_expire_renew_up_to_the_max_and_revoke() {
     assert_eq!(revoked["revoke_reason"], "expired", "{revoked}");
 
     // Renew extends it (at the target too) and stops at the max TTL.
-    let second = issue(&root, "app", Some("2s")).await;
+    let second = issue(&root, "app", Some("4s")).await;
     let (user, password) = user_of(&second);
     let id = second["lease_id"].as_str().unwrap();
-    let (status, renewed) = root.post(&format!("/v1/leases/{id}:renew"), &json!({"ttl": "6s"})).await;
+    let (status, renewed) = root.post(&format!("/v1/leases/{id}:renew"), &json!({"ttl": "9s"})).await;
     assert_eq!(status, 200, "{renewed}");
-    assert!(millis(&renewed["expires_at"]) > millis(&second["expires_at"]) + 2_000, "{renewed}");
+    assert!(millis(&renewed["expires_at"]) > millis(&second["expires_at"]) + 3_000, "{renewed}");
     tokio::time::sleep(Duration::from_millis((millis(&second["expires_at"]) - now_millis() + 1_000).max(0) as u64))
         .await;
     assert!(pg_logs_in(&pg, user, password), "a renewed lease outlives its first end");
@@ -298,10 +298,10 @@ async fn leases_outlive_a_killed_server_and_a_down_target_is_revoked_once_back()
     }
 
     // The target is down when the lease ends: revoke_pending, retried, done once back.
-    let l = issue(&root, "app", Some("2s")).await;
+    let l = issue(&root, "app", Some("5s")).await;
     let (user, id) = (user_of(&l).0.to_owned(), l["lease_id"].as_str().unwrap().to_owned());
     pg.stop();
-    eventually(Duration::from_secs(15), "a failed revocation is recorded and retried", async || {
+    eventually(Duration::from_secs(20), "a failed revocation is recorded and retried", async || {
         let now = lease(&root, &id).await;
         now["state"] == "revoke_pending" && now["revoke_attempts"].as_u64().unwrap_or(0) >= 2
     })
