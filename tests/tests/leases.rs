@@ -378,9 +378,7 @@ async fn break_glass_leaves_only_the_new_credential_and_revokes_leases_of_the_se
     let previous = values.iter().find(|v| v["username"] != current["username"]).expect("the other user").clone();
     assert!(pg_logs_in(&pg, previous["username"].as_str().unwrap(), previous["password"].as_str().unwrap()));
 
-    // A role logging in with db/report's credentials... no: leases are of
-    // roles whose admin secret is broken. Give one to db/admin's breakage
-    // below; here the break glass on db/report.
+    // Break glass on db/report (leases of an admin secret's roles: below).
     let (status, started) =
         root.post(&format!("{}:revoke", secret_path("db/report")), &json!({"reason": "leaked in a ticket"})).await;
     assert_eq!(status, 202, "{started}");

@@ -394,3 +394,66 @@ pub fn view(conn: &Connection, r: &RoleRow) -> Result<RoleView> {
         updated_at: rfc3339(r.updated_at),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leases::lease::{self, Holder};
+    use crate::store::test_store;
+
+    fn role(name: &str) -> Role {
+        Role {
+            name: name.into(),
+            plugin: "dyn".into(),
+            plugin_version: 1,
+            plugin_sha256: "ab".repeat(32),
+            params: r#"{"admin_secret":"db/admin"}"#.into(),
+            grants: "{}".into(),
+            admin_secret: SecretName::parse("db/admin").unwrap(),
+            granted_secrets: vec![],
+            default_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(600),
+            max_leases: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_role_in_use_keeps_its_plugin_and_its_key_across_a_master_key_rotation() {
+        let (_dir, store) = test_store();
+        let (lease_id, handle) = store
+            .write(|tx, keys| {
+                tx.execute(
+                    "INSERT INTO plugins (name, version, sha256, wasm, info, created_at) VALUES ('dyn', 1, ?1, x'', '{}', 0)",
+                    [&"ab".repeat(32)],
+                )?;
+                let row = put(tx, keys, &role("r1"))?;
+                let holder = Holder { token_id: "t1", token_name: "t", token_expires_at: None, token_quota: 10 };
+                let l = lease::reserve(tx, &row, &holder, 1_000, now_millis())?;
+                // The role's quota (1) counts the reservation.
+                let again = lease::reserve(tx, &row, &holder, 1_000, now_millis()).unwrap_err();
+                assert!(again.message().contains("max_leases"), "{}", again.message());
+                lease::activate(tx, keys, &l, r#"{"username":"v_r1_x"}"#)?;
+                Ok((l.id.clone(), lease::handle(tx, keys, &lease::get(tx, &l.id)?)?))
+            })
+            .await
+            .unwrap();
+        assert_eq!(handle.as_str(), r#"{"username":"v_r1_x"}"#);
+        let users = store.read(|c, _| plugin_users(c, "dyn", None)).await.unwrap();
+        assert_eq!(users, ["leases of role r1", "role r1"]);
+        let refused = store.write(|tx, _| delete(tx, "r1")).await.unwrap_err();
+        assert_eq!(refused.kind, crate::error::Kind::Conflict);
+
+        // A new master key rewraps the role's data key: the handle still opens.
+        let new = crate::crypto::MasterKey::generate();
+        let id = lease_id.clone();
+        let reopened = store
+            .write(move |tx, keys| {
+                assert_eq!(rewrap_all(tx, &keys.master, &new)?, 1);
+                let new_keys = Keys::new(new);
+                lease::handle(tx, &new_keys, &lease::get(tx, &id)?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(reopened.as_str(), r#"{"username":"v_r1_x"}"#);
+    }
+}
