@@ -219,6 +219,44 @@ async fn quotas_authorization_and_token_revocation() {
     eventually(Duration::from_secs(5), "the revoked token's lease is revoked", async || !pg_role_exists(&pg, &a_user))
         .await;
     assert_eq!(lease(&root, a_id).await["revoke_reason"], "token revoked");
+
+    // The same through the CLI.
+    let (port, grant) = (format!("port={}", pg.port), format!("sql:{}", pg.addr()));
+    let put = instance.cli(
+        [
+            "role",
+            "put",
+            "cli",
+            "--plugin",
+            "postgres",
+            "--admin-secret",
+            "db/admin",
+            "--param",
+            "host=127.0.0.1",
+            "--param",
+            &port,
+            "--param",
+            "tls=disable",
+            "--grant",
+            &grant,
+            "--default-ttl",
+            "1m",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(put.assert_success().json()["default_ttl"], "1m");
+    let issued = instance.cli(["role", "issue", "cli", "--ttl", "30s", "--output", "json"], None);
+    let issued = issued.assert_success().json();
+    let (user, password) = user_of(&issued);
+    assert!(pg_logs_in(&pg, user, password), "a credential issued by the CLI logs in");
+    let id = issued["lease_id"].as_str().unwrap();
+    let revoked = instance.cli(["lease", "revoke", id, "--output", "json"], None);
+    assert_eq!(revoked.assert_success().json()["state"], "revoked");
+    let listed = instance.cli(["lease", "ls", "--role", "cli", "--output", "json"], None);
+    assert_eq!(listed.assert_success().json()["leases"][0]["state"], "revoked");
+    assert!(!pg_logs_in(&pg, user, password));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -110,26 +110,45 @@ pub async fn list(
 ) -> Result<Json<RoleList>> {
     audit.target("role.list", "sys/roles");
     let limit = page_limit(p.limit, 100, 1000)?;
-    let mut after = decode_page_token(p.page_token)?;
+    let after = decode_page_token(p.page_token)?;
+    let (roles, next_page_token) = st
+        .store
+        .read(move |c, _| {
+            let visible = |r: &roles::RoleRow| caller.allows(Capability::Read, &roles::resource(&r.name));
+            let (rows, next) = visible_page(after, limit, |a, n| roles::list(c, a, n), |r| r.name.clone(), visible)?;
+            let views = rows.iter().map(|r| roles::view(c, r)).collect::<Result<_>>()?;
+            Ok((views, next))
+        })
+        .await?;
+    Ok(Json(RoleList { roles, next_page_token }))
+}
+
+/// One page of the rows the caller may see, paging after that filter:
+/// fetches batches of rows ordered by `key` after the cursor until `limit`
+/// pass `visible`; the next page token is the key of the last one kept.
+fn visible_page<R>(
+    mut after: Option<String>,
+    limit: usize,
+    mut fetch: impl FnMut(Option<&str>, usize) -> Result<Vec<R>>,
+    key: impl Fn(&R) -> String,
+    visible: impl Fn(&R) -> bool,
+) -> Result<(Vec<R>, Option<String>)> {
+    const BATCH: usize = 500;
     let mut out = Vec::new();
-    // Filter by what the caller may read; page after the filter.
     loop {
-        let a = after.clone();
-        let batch = st.store.read(move |c, _| roles::list(c, a.as_deref(), 500)).await?;
-        let done = batch.len() < 500;
-        for r in batch {
-            after = Some(r.name.clone());
-            if caller.allows(Capability::Read, &roles::resource(&r.name)) {
-                let view = st.store.read(move |c, _| roles::view(c, &r)).await?;
-                out.push(view);
+        let batch = fetch(after.as_deref(), BATCH)?;
+        let done = batch.len() < BATCH;
+        for row in batch {
+            after = Some(key(&row));
+            if visible(&row) {
+                out.push(row);
                 if out.len() == limit {
-                    let next = after.as_deref().map(encode_page_token);
-                    return Ok(Json(RoleList { roles: out, next_page_token: next }));
+                    return Ok((out, after.as_deref().map(encode_page_token)));
                 }
             }
         }
         if done {
-            return Ok(Json(RoleList { roles: out, next_page_token: None }));
+            return Ok((out, None));
         }
     }
 }
@@ -246,24 +265,14 @@ pub async fn list_leases(
     if let Some(role) = &p.role {
         caller.require(Capability::Read, &roles::resource(role))?;
     }
-    let mut after = decode_page_token(p.page_token)?;
-    let mut out = Vec::new();
-    loop {
-        let (a, role) = (after.clone(), p.role.clone());
-        let batch = st.store.read(move |c, _| lease::list(c, role.as_deref(), a.as_deref(), 500)).await?;
-        let done = batch.len() < 500;
-        for l in batch {
-            after = Some(l.id.clone());
-            if caller.allows(Capability::Read, &roles::resource(&l.role)) {
-                out.push(LeaseView::from(&l));
-                if out.len() == limit {
-                    let next = after.as_deref().map(encode_page_token);
-                    return Ok(Json(LeaseList { leases: out, next_page_token: next }));
-                }
-            }
-        }
-        if done {
-            return Ok(Json(LeaseList { leases: out, next_page_token: None }));
-        }
-    }
+    let after = decode_page_token(p.page_token)?;
+    let role = p.role;
+    let (rows, next_page_token) = st
+        .store
+        .read(move |c, _| {
+            let visible = |l: &lease::LeaseRow| caller.allows(Capability::Read, &roles::resource(&l.role));
+            visible_page(after, limit, |a, n| lease::list(c, role.as_deref(), a, n), |l| l.id.clone(), visible)
+        })
+        .await?;
+    Ok(Json(LeaseList { leases: rows.iter().map(LeaseView::from).collect(), next_page_token }))
 }

@@ -1,33 +1,21 @@
 //! `tumbler role ...`, `tumbler lease ...` and `tumbler revoke NAME --reason R`.
 
-use super::rotation::{params_and_grants, parse_grant};
-use super::{Client, ClientArgs, parse_key_value, secret_path};
+use super::rotation::PluginArgs;
+use super::{Client, ClientArgs, secret_path};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RoleCommand {
     /// Create or replace a dynamic role.
     Put {
         name: String,
-        /// A plugin that issues dynamic credentials (`postgres`, `mysql`).
-        #[arg(long)]
-        plugin: String,
-        #[arg(long)]
-        plugin_version: Option<i64>,
+        /// The plugin (one that issues dynamic credentials: `postgres`, `mysql`), its params and grants.
+        #[command(flatten)]
+        plugin: PluginArgs,
         /// The secret holding the admin credential the plugin logs in with.
         #[arg(long)]
         admin_secret: String,
-        /// A parameter as key=value (JSON when it parses as JSON); repeat for more.
-        #[arg(long = "param", value_parser = parse_key_value)]
-        params: Vec<(String, String)>,
-        /// Parameters from a JSON object file (`--param` entries override it).
-        #[arg(long)]
-        params_file: Option<PathBuf>,
-        /// A grant as KIND:TARGET (`sql:db.internal:5432`).
-        #[arg(long = "grant", value_parser = parse_grant)]
-        grants: Vec<(String, String)>,
         /// Lease TTL when `issue` gives none (e.g. 1h).
         #[arg(long)]
         default_ttl: Option<String>,
@@ -77,29 +65,16 @@ pub enum LeaseCommand {
 pub async fn role(args: ClientArgs, cmd: RoleCommand) -> anyhow::Result<()> {
     let c = Client::new(args)?;
     match cmd {
-        RoleCommand::Put {
-            name,
-            plugin,
-            plugin_version,
-            admin_secret,
-            params,
-            params_file,
-            grants,
-            default_ttl,
-            max_ttl,
-            max_leases,
-        } => {
-            let (p, g) = params_and_grants(params_file, params, grants)?;
-            let mut body = json!({"plugin": plugin, "admin_secret": admin_secret, "params": p, "grants": g});
-            for (key, v) in [
-                ("plugin_version", plugin_version.map(|v| json!(v))),
-                ("default_ttl", default_ttl.map(|v| json!(v))),
-                ("max_ttl", max_ttl.map(|v| json!(v))),
-                ("max_leases", max_leases.map(|v| json!(v))),
-            ] {
+        RoleCommand::Put { name, plugin, admin_secret, default_ttl, max_ttl, max_leases } => {
+            let mut body = plugin.into_body()?;
+            body["admin_secret"] = json!(admin_secret);
+            for (key, v) in [("default_ttl", default_ttl.map(|v| json!(v))), ("max_ttl", max_ttl.map(|v| json!(v)))] {
                 if let Some(v) = v {
                     body[key] = v;
                 }
+            }
+            if let Some(n) = max_leases {
+                body["max_leases"] = json!(n);
             }
             let out = c.call(Method::PUT, &format!("/v1/roles/{name}"), Some(&body)).await?;
             c.print(&out, print_role);
@@ -129,10 +104,7 @@ pub async fn role(args: ClientArgs, cmd: RoleCommand) -> anyhow::Result<()> {
             c.print(&out, |_| println!("role {name} deleted"));
         }
         RoleCommand::Issue { name, ttl } => {
-            let body = match ttl {
-                Some(t) => json!({"ttl": t}),
-                None => json!({}),
-            };
+            let body = ttl_body(ttl);
             let out = c.call(Method::POST, &format!("/v1/roles/{name}:issue"), Some(&body)).await?;
             c.print(&out, |v| {
                 println!("lease_id: {}", v["lease_id"].as_str().unwrap_or(""));
@@ -174,10 +146,7 @@ pub async fn lease(args: ClientArgs, cmd: LeaseCommand) -> anyhow::Result<()> {
             return Ok(());
         }
         LeaseCommand::Renew { id, ttl } => {
-            let body = match ttl {
-                Some(t) => json!({"ttl": t}),
-                None => json!({}),
-            };
+            let body = ttl_body(ttl);
             c.call(Method::POST, &format!("/v1/leases/{id}:renew"), Some(&body)).await?
         }
         LeaseCommand::Revoke { id } => {
@@ -204,6 +173,14 @@ pub async fn revoke(args: ClientArgs, name: String, reason: String) -> anyhow::R
         println!("break glass on {name}: rotation {}{note}", v["rotation_id"].as_str().unwrap_or(""));
     });
     Ok(())
+}
+
+/// `{"ttl": T}`, or `{}` for the role's default.
+fn ttl_body(ttl: Option<String>) -> Value {
+    match ttl {
+        Some(t) => json!({"ttl": t}),
+        None => json!({}),
+    }
 }
 
 fn print_role(v: &Value) {

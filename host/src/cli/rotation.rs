@@ -13,29 +13,14 @@ pub enum RotationCommand {
     /// Attach a rotator plugin to a secret, on a schedule.
     Set {
         name: String,
-        /// A registered plugin (`tumbler plugin ls`), e.g. the built-in `noop`.
-        #[arg(long)]
-        plugin: String,
-        /// Pin this version of the plugin (default: the newest).
-        #[arg(long)]
-        plugin_version: Option<i64>,
+        #[command(flatten)]
+        plugin: PluginArgs,
         /// Cron in UTC (`0 3 * * *`, or 6 fields with seconds first) or `rate(N minutes|hours|days)`.
         #[arg(long)]
         schedule: String,
         /// Spread each start at random over this long (e.g. 30m).
         #[arg(long)]
         window: Option<String>,
-        /// A parameter as key=value (the value is JSON when it parses as JSON,
-        /// else a string); repeat for more.
-        #[arg(long = "param", value_parser = parse_key_value)]
-        params: Vec<(String, String)>,
-        /// Parameters from a JSON object file (`--param` entries override it).
-        #[arg(long)]
-        params_file: Option<PathBuf>,
-        /// A grant as KIND:TARGET, KIND one of sql, ssh, http, secret
-        /// (`sql:db.internal:5432`, `http:https://api.example.com/v1/keys`, `secret:db/admin`).
-        #[arg(long = "grant", value_parser = parse_grant)]
-        grants: Vec<(String, String)>,
         /// Attempts per step before the rotation fails.
         #[arg(long)]
         max_attempts: Option<u32>,
@@ -49,7 +34,7 @@ pub enum RotationCommand {
     Rm { name: String },
 }
 
-pub(super) fn parse_grant(s: &str) -> Result<(String, String), String> {
+fn parse_grant(s: &str) -> Result<(String, String), String> {
     let (kind, target) = s.split_once(':').ok_or_else(|| format!("{s:?} is not KIND:TARGET"))?;
     let field = match kind {
         "sql" | "ssh" | "http" => kind,
@@ -59,33 +44,58 @@ pub(super) fn parse_grant(s: &str) -> Result<(String, String), String> {
     Ok((field.to_owned(), target.to_owned()))
 }
 
-/// The `params` object (a file, then `--param` entries over it) and the
-/// `grants` object from `--grant` entries.
-pub(super) fn params_and_grants(
-    params_file: Option<PathBuf>,
+/// Which plugin runs, with what parameters and what it may reach: the
+/// arguments shared by `rotation set` and `role put`.
+#[derive(clap::Args, Debug)]
+pub struct PluginArgs {
+    /// A registered plugin (`tumbler plugin ls`), e.g. the built-in `noop` or `postgres`.
+    #[arg(long)]
+    plugin: String,
+    /// Pin this version of the plugin (default: the newest).
+    #[arg(long)]
+    plugin_version: Option<i64>,
+    /// A parameter as key=value (the value is JSON when it parses as JSON,
+    /// else a string); repeat for more.
+    #[arg(long = "param", value_parser = parse_key_value)]
     params: Vec<(String, String)>,
+    /// Parameters from a JSON object file (`--param` entries override it).
+    #[arg(long)]
+    params_file: Option<PathBuf>,
+    /// A grant as KIND:TARGET, KIND one of sql, ssh, http, secret
+    /// (`sql:db.internal:5432`, `http:https://api.example.com/v1/keys`, `secret:db/admin`).
+    #[arg(long = "grant", value_parser = parse_grant)]
     grants: Vec<(String, String)>,
-) -> anyhow::Result<(Map<String, Value>, Map<String, Value>)> {
-    let mut p: Map<String, Value> = match params_file {
-        Some(f) => {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-            match serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))? {
-                Value::Object(m) => m,
-                _ => bail!("{} must hold a JSON object", f.display()),
+}
+
+impl PluginArgs {
+    /// `{plugin, plugin_version?, params, grants}`: the params from the file,
+    /// then `--param` entries over it.
+    pub(super) fn into_body(self) -> anyhow::Result<Value> {
+        let mut p: Map<String, Value> = match self.params_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                match serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))? {
+                    Value::Object(m) => m,
+                    _ => bail!("{} must hold a JSON object", f.display()),
+                }
+            }
+            None => Map::new(),
+        };
+        for (k, v) in self.params {
+            p.insert(k, param_value(&v));
+        }
+        let mut g: Map<String, Value> = Map::new();
+        for (kind, target) in self.grants {
+            if let Value::Array(list) = g.entry(kind).or_insert_with(|| json!([])) {
+                list.push(Value::String(target));
             }
         }
-        None => Map::new(),
-    };
-    for (k, v) in params {
-        p.insert(k, param_value(&v));
-    }
-    let mut g: Map<String, Value> = Map::new();
-    for (kind, target) in grants {
-        if let Value::Array(list) = g.entry(kind).or_insert_with(|| json!([])) {
-            list.push(Value::String(target));
+        let mut body = json!({"plugin": self.plugin, "params": p, "grants": g});
+        if let Some(v) = self.plugin_version {
+            body["plugin_version"] = json!(v);
         }
+        Ok(body)
     }
-    Ok((p, g))
 }
 
 /// A parameter value: JSON when it is JSON (`5432`, `true`, `["a"]`), else the text.
@@ -96,24 +106,10 @@ fn param_value(raw: &str) -> Value {
 pub async fn rotation(args: ClientArgs, cmd: RotationCommand) -> anyhow::Result<()> {
     let c = Client::new(args)?;
     match cmd {
-        RotationCommand::Set {
-            name,
-            plugin,
-            plugin_version,
-            schedule,
-            window,
-            params,
-            params_file,
-            grants,
-            max_attempts,
-            now,
-        } => {
-            let (p, g) = params_and_grants(params_file, params, grants)?;
-            let mut body =
-                json!({ "plugin": plugin, "schedule": schedule, "params": p, "grants": g, "rotate_now": now });
-            if let Some(v) = plugin_version {
-                body["plugin_version"] = json!(v);
-            }
+        RotationCommand::Set { name, plugin, schedule, window, max_attempts, now } => {
+            let mut body = plugin.into_body()?;
+            body["schedule"] = json!(schedule);
+            body["rotate_now"] = json!(now);
             if let Some(w) = window {
                 body["window"] = json!(w);
             }

@@ -235,56 +235,36 @@ pub fn plugin_users(conn: &Connection, plugin: &str, version: Option<i64>) -> Re
 /// Creates or replaces a role; a replaced role keeps its data key (its
 /// leases' handles are sealed under it).
 pub fn put(tx: &Transaction<'_>, keys: &Keys, role: &Role) -> Result<RoleRow> {
-    let now = now_millis();
-    match find(tx, &role.name)? {
-        Some(existing) => {
-            tx.execute(
-                "UPDATE roles SET plugin = ?2, plugin_version = ?3, plugin_sha256 = ?4, params = ?5, grants = ?6,
-                     admin_secret = ?7, default_ttl = ?8, max_ttl = ?9, max_leases = ?10, updated_at = ?11
-                 WHERE id = ?1",
-                params![
-                    existing.id,
-                    role.plugin,
-                    role.plugin_version,
-                    role.plugin_sha256,
-                    role.params,
-                    role.grants,
-                    role.admin_secret.as_str(),
-                    role.default_ttl.as_millis() as i64,
-                    role.max_ttl.as_millis() as i64,
-                    role.max_leases,
-                    now
-                ],
-            )?;
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO roles (name, plugin, plugin_version, plugin_sha256, params, grants, admin_secret,
-                     default_ttl, max_ttl, max_leases, dek_wrapped, dek_kek_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, x'', '', ?11, ?11)",
-                params![
-                    role.name,
-                    role.plugin,
-                    role.plugin_version,
-                    role.plugin_sha256,
-                    role.params,
-                    role.grants,
-                    role.admin_secret.as_str(),
-                    role.default_ttl.as_millis() as i64,
-                    role.max_ttl.as_millis() as i64,
-                    role.max_leases,
-                    now
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            let dek = DataKey::generate();
-            tx.execute(
-                "UPDATE roles SET dek_wrapped = ?1, dek_kek_id = ?2 WHERE id = ?3",
-                params![keys.master.wrap(-id, &dek), keys.master.id(), id],
-            )?;
-        }
+    tx.execute(
+        "INSERT INTO roles (name, plugin, plugin_version, plugin_sha256, params, grants, admin_secret,
+             default_ttl, max_ttl, max_leases, dek_wrapped, dek_kek_id, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, x'', '', ?11, ?11)
+         ON CONFLICT (name) DO UPDATE SET plugin = ?2, plugin_version = ?3, plugin_sha256 = ?4, params = ?5,
+             grants = ?6, admin_secret = ?7, default_ttl = ?8, max_ttl = ?9, max_leases = ?10, updated_at = ?11",
+        params![
+            role.name,
+            role.plugin,
+            role.plugin_version,
+            role.plugin_sha256,
+            role.params,
+            role.grants,
+            role.admin_secret.as_str(),
+            role.default_ttl.as_millis() as i64,
+            role.max_ttl.as_millis() as i64,
+            role.max_leases,
+            now_millis()
+        ],
+    )?;
+    let row = get(tx, &role.name)?;
+    let fresh: bool = tx.query_row("SELECT dek_kek_id = '' FROM roles WHERE id = ?1", [row.id], |r| r.get(0))?;
+    if fresh {
+        let dek = DataKey::generate();
+        tx.execute(
+            "UPDATE roles SET dek_wrapped = ?1, dek_kek_id = ?2 WHERE id = ?3",
+            params![keys.master.wrap(-row.id, &dek), keys.master.id(), row.id],
+        )?;
     }
-    get(tx, &role.name)
+    Ok(row)
 }
 
 /// Deletes a role; refused while any of its leases is not revoked.
