@@ -20,6 +20,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod apikey_provider;
+pub mod bench;
+pub mod bench_http;
+pub mod bench_openbao;
+pub mod bench_pg;
+pub mod bench_scale;
+pub mod bench_store;
+pub mod bench_wrk;
 pub mod fixtures;
 pub mod gate;
 pub mod http_target;
