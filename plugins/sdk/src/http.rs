@@ -2,7 +2,7 @@
 //! (`https://host[:port]/prefix`). No redirects leave the grant, no proxy
 //! is used, and `Host`/`Proxy-*` headers are refused.
 //!
-//! ```ignore
+//! ```text
 //! use tumbler_sdk::http::{self, Request};
 //! let response = http::send(&Request::post("https://api.example.com/v1/keys")
 //!     .header("Authorization", format!("Bearer {token}"))

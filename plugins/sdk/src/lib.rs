@@ -4,7 +4,7 @@
 //! implements the `tumbler:rotator` WIT world. This crate generates the
 //! bindings once and hides them behind one trait and one macro:
 //!
-//! ```ignore
+//! ```text
 //! use tumbler_sdk::{Info, Rotator, StepError, StepInput};
 //!
 //! struct MyRotator;
@@ -89,7 +89,7 @@ pub use serde_json;
 /// Call it once, at the top level of the plugin crate, with the name of the
 /// type (a plain identifier) that implements [`Rotator`]:
 ///
-/// ```ignore
+/// ```text
 /// tumbler_sdk::export!(MyRotator);
 /// ```
 #[macro_export]

@@ -1,7 +1,7 @@
 //! SQL against PostgreSQL or MySQL/MariaDB. The target must be granted to
 //! the rotation as `host:port`; the host caps connections, rows and bytes.
 //!
-//! ```ignore
+//! ```text
 //! use tumbler_sdk::sql::{ConnectOptions, Connection, Credentials, Engine};
 //! use tumbler_sdk::SecretRef;
 //!

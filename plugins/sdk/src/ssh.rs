@@ -1,7 +1,7 @@
 //! Running one command over SSH. The target must be granted as
 //! `host:port`; the host pins its host key.
 //!
-//! ```ignore
+//! ```text
 //! use tumbler_sdk::ssh::{self, Auth, Command};
 //! use tumbler_sdk::SecretRef;
 //!
