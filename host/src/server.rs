@@ -164,7 +164,8 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
     let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let app = api::router(AppState { store: running.store.clone(), audit, plugins, rotation, leases });
+    let tokens = std::sync::Arc::new(auth::TokenCache::default());
+    let app = api::router(AppState { store: running.store.clone(), audit, plugins, rotation, leases, tokens });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };

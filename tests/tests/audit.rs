@@ -577,6 +577,34 @@ async fn a_thousand_concurrent_requests_leave_a_thousand_records_in_one_chain() 
     assert_eq!(assert_intact(&inst.data_dir, &inst.key_file), n);
 }
 
+#[tokio::test]
+async fn a_read_answered_before_the_server_is_killed_keeps_its_record() {
+    // A read's record is committed to the WAL (not yet fsynced) before its
+    // body is sent: a killed process loses none of them.
+    let mut inst = Instance::start();
+    inst.root().create_secret("app/db", "kept-value").await;
+    let http = http();
+    let url = format!("{}/v1/secrets/app/db:value", inst.url());
+    let ids: Vec<String> = (0..20).map(|i| format!("before-kill-{i:02}")).collect();
+    for id in &ids {
+        let response =
+            http.get(&url).bearer_auth(&inst.root_token).header("x-request-id", id).send().await.expect("read");
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    inst.kill();
+
+    let conn = db(&inst.data_dir);
+    let mut stmt = conn.prepare("SELECT request_id, action, status FROM audit WHERE request_id LIKE 'before-kill-%'").unwrap();
+    let rows: Vec<(String, String, i64)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    drop(stmt);
+    drop(conn);
+    let found: BTreeSet<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(found, ids.iter().map(String::as_str).collect(), "{rows:?}");
+    assert!(rows.iter().all(|(_, action, status)| action == "secret.read" && *status == 200), "{rows:?}");
+    assert_intact(&inst.data_dir, &inst.key_file);
+}
+
 // ---------------------------------------------------------------------------
 // fail closed
 // ---------------------------------------------------------------------------

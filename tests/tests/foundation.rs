@@ -680,6 +680,67 @@ async fn revoked_token_is_refused_on_its_next_request() {
     assert_error(&holder.read_label("app/x", "current").await, 401, "unauthorized");
 }
 
+// The server caches authenticated tokens; these check that no change to a
+// token or a policy is ever hidden by it, each on a token used just before.
+
+#[tokio::test]
+async fn revoking_a_parent_refuses_its_child_on_the_next_request() {
+    let t = Instance::start();
+    let root = t.root();
+    root.put_policy("app-read", app_read_rules()).await;
+    root.put_policy("token-admin", json!([{"names": "sys/tokens", "capabilities": ["admin"]}])).await;
+    root.create_secret("app/x", "x").await;
+    let parent = root.create_token("parent", &["app-read", "token-admin"], "1h").await;
+    let child = t.client(Some(&parent.token)).create_token("child", &["app-read"], "30m").await;
+    let child_client = t.client(Some(&child.token));
+    for _ in 0..3 {
+        assert_eq!(child_client.read_value("app/x").await, "x");
+    }
+
+    let revoked = root.delete(&format!("/v1/tokens/{}", parent.id)).await;
+    assert_eq!(revoked.0, 200, "revoke: {revoked:?}");
+    assert_eq!(revoked.1["revoked"], 2, "{revoked:?}");
+    assert_error(&child_client.read_label("app/x", "current").await, 401, "unauthorized");
+    assert_error(&t.client(Some(&parent.token)).read_label("app/x", "current").await, 401, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_policy_change_applies_to_the_next_request() {
+    let t = Instance::start();
+    let root = t.root();
+    root.put_policy("app-read", app_read_rules()).await;
+    root.create_secret("app/x", "x").await;
+    root.create_secret("db/x", "d").await;
+    let token = root.create_token("reader", &["app-read"], "1h").await;
+    let reader = t.client(Some(&token.token));
+    assert_eq!(reader.read_value("app/x").await, "x");
+    assert_error(&reader.read_label("db/x", "current").await, 403, "forbidden");
+
+    // Same policy name, other rules: the token now reads db/*, not app/*.
+    root.put_policy("app-read", json!([{"names": "db/*", "capabilities": ["read"]}])).await;
+    assert_error(&reader.read_label("app/x", "current").await, 403, "forbidden");
+    assert_eq!(reader.read_value("db/x").await, "d");
+
+    let deleted = root.delete("/v1/policies/app-read").await;
+    assert_eq!(deleted.0, 200, "{deleted:?}");
+    assert_error(&reader.read_label("db/x", "current").await, 403, "forbidden");
+}
+
+#[tokio::test]
+async fn a_token_used_just_before_it_expires_is_refused_after() {
+    let t = Instance::start();
+    let root = t.root();
+    root.put_policy("app-read", app_read_rules()).await;
+    root.create_secret("app/x", "x").await;
+    let token = root.create_token("brief", &["app-read"], "2s").await;
+    let holder = t.client(Some(&token.token));
+    assert_eq!(holder.read_value("app/x").await, "x");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let refused = holder.read_label("app/x", "current").await;
+    assert_error(&refused, 401, "unauthorized");
+    assert!(refused.1.to_string().contains("expired"), "{refused:?}");
+}
+
 // ---------------------------------------------------------------------------
 // idempotent concurrent writes
 // ---------------------------------------------------------------------------

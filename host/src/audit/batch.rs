@@ -1,13 +1,17 @@
 //! Group commit: records that do not ride in a mutation's transaction (reads,
 //! refused requests, events) queue here; one task writes whatever has queued
 //! in one transaction while the next batch gathers, and each waiter hears
-//! back only when its own record is on disk. Auditing every read thus costs
-//! one fsync per batch, not per read.
+//! back only when its own record is committed with the durability it asked
+//! for. A batch of read-only requests' records commits to the WAL without
+//! an fsync ([`Durability::Normal`]); a batch holding any other record is
+//! fsynced ([`Durability::Full`]), and so is everything before it.
 
 use super::{Entry, Writer};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::metrics;
+use crate::store::{Durability, Store};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most records in one transaction (bounds how long a batch holds the writer).
@@ -15,8 +19,14 @@ const MAX_BATCH: usize = 512;
 /// Records waiting beyond this make callers wait to enqueue (backpressure).
 pub const QUEUE: usize = 8192;
 
+/// Longest time a [`Durability::Normal`] commit stays off the disk: the
+/// WAL is synced this often while there is something to sync (as "fsync
+/// every second" in other logs).
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Pending {
     pub entry: Entry,
+    pub durability: Durability,
     pub done: oneshot::Sender<Result<()>>,
 }
 
@@ -25,8 +35,9 @@ pub async fn run(writer: Arc<Writer>, mut queue: mpsc::Receiver<Pending>) {
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let entries: Vec<Entry> = batch.iter_mut().map(|p| std::mem::take(&mut p.entry)).collect();
         metrics().audit_batch_records.observe(&[], entries.len() as f64);
+        let durability = batch_durability(&batch);
         let w = writer.clone();
-        let result = writer.store.write(move |tx, keys| w.append_in(tx, keys, &entries)).await;
+        let result = writer.store.write_with(durability, move |tx, keys| w.append_in(tx, keys, &entries)).await;
         let failure = match result {
             Ok(()) => None,
             // append_in reported its own failures; a failed commit is reported here.
@@ -40,6 +51,28 @@ pub async fn run(writer: Arc<Writer>, mut queue: mpsc::Receiver<Pending>) {
             };
             // A waiter that went away (its client hung up) needs no answer.
             let _ = pending.done.send(reply);
+        }
+    }
+}
+
+/// Relaxed only if every record in the batch asked for it.
+fn batch_durability(batch: &[Pending]) -> Durability {
+    match batch.iter().all(|p| p.durability == Durability::Normal) {
+        true => Durability::Normal,
+        false => Durability::Full,
+    }
+}
+
+/// Syncs the WAL every [`SYNC_EVERY`] while relaxed commits are waiting for
+/// it, until the store is gone. A failure is logged and retried: the
+/// records are committed, only their survival of a power cut is in doubt.
+pub async fn sync_wal(store: Store) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.sync_wal().await {
+            tracing::error!(error = %e.message(), "audit records of reads are not yet on disk");
         }
     }
 }

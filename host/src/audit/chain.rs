@@ -157,8 +157,10 @@ impl Head {
 /// Reads the head; `None` if it is missing (the store predates the audit
 /// log, or someone removed it).
 pub fn head(conn: &Connection) -> Result<Option<Head>> {
-    let text: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", [HEAD_KEY], |r| r.get(0)).optional()?;
+    let text: Option<String> = conn
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([HEAD_KEY], |r| r.get(0))
+        .optional()?;
     match text {
         None => Ok(None),
         Some(t) => Head::decode(&t)
@@ -168,7 +170,7 @@ pub fn head(conn: &Connection) -> Result<Option<Head>> {
 }
 
 fn set_head(tx: &Transaction<'_>, head: &Head) -> Result<()> {
-    tx.execute("UPDATE meta SET value = ?1 WHERE key = ?2", params![head.encode(), HEAD_KEY])?;
+    tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = ?2")?.execute(params![head.encode(), HEAD_KEY])?;
     Ok(())
 }
 

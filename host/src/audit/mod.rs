@@ -5,8 +5,18 @@
 //! Fail closed: a mutation's record is appended in the mutation's own
 //! transaction ([`RequestAudit::write`]); any other record goes through
 //! group commit and the caller waits for it (a read's body is sent only
-//! after its record is on disk). If a record cannot be written, the caller
-//! gets `unavailable` (503) and nothing else changes.
+//! after its record is committed). If a record cannot be written, the
+//! caller gets `unavailable` (503) and nothing else changes.
+//!
+//! Durability: a mutation's record, and every record that is not about a
+//! read-only request (rotation steps, lease and plugin events, refused or
+//! unrecorded mutating requests), is on disk (fsynced) before anyone hears
+//! back. The record of a read-only request (GET, HEAD, OPTIONS) is in the
+//! WAL before its response is sent, which survives a crash or kill of the
+//! process, and on disk within [`batch::SYNC_EVERY`] (or at the next fsynced
+//! commit, if sooner): a power cut or kernel crash can lose at most the
+//! last second of read records, never a mutation's, and what it loses is a
+//! suffix of the chain, so `audit verify` still passes on what remains.
 //!
 //! Records never hold a secret value or a token: only names, ids, the
 //! action, the outcome and short non-secret details.
@@ -24,7 +34,7 @@ use crate::alerts::{Alert, Alerts};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::metrics;
 use crate::model::now_millis;
-use crate::store::{Keys, Store};
+use crate::store::{Durability, Keys, Store};
 use rusqlite::Transaction;
 use sink::FileSink;
 use std::collections::BTreeMap;
@@ -162,6 +172,7 @@ impl AuditLog {
     /// Starts the group-commit task.
     pub fn start(store: Store, sink: Option<FileSink>, alerts: Alerts) -> AuditLog {
         let (queue, receiver) = mpsc::channel(batch::QUEUE);
+        tokio::spawn(batch::sync_wal(store.clone()));
         let writer = Arc::new(Writer { store, sink, alerts, last_alert: AtomicI64::new(i64::MIN) });
         tokio::spawn(batch::run(writer.clone(), receiver));
         AuditLog { writer, queue }
@@ -180,9 +191,16 @@ impl AuditLog {
 
     /// Appends one entry through group commit; returns once it is on disk.
     pub async fn append(&self, entry: Entry) -> Result<()> {
+        self.append_with(entry, Durability::Full).await
+    }
+
+    /// Appends one entry through group commit; returns once it is
+    /// committed with `durability` (see the module's doc for which records
+    /// may be [`Durability::Normal`]).
+    pub async fn append_with(&self, entry: Entry, durability: Durability) -> Result<()> {
         let (done, wait) = oneshot::channel();
         let gone = || Error::unavailable("the audit log is shutting down; the request was not carried out");
-        self.queue.send(batch::Pending { entry, done }).await.map_err(|_| gone())?;
+        self.queue.send(batch::Pending { entry, durability, done }).await.map_err(|_| gone())?;
         wait.await.map_err(|_| gone())?
     }
 }

@@ -7,7 +7,7 @@
 use super::{AuditLog, Entry, EntryKind};
 use crate::error::{Kind, Result};
 use crate::model::now_millis;
-use crate::store::Keys;
+use crate::store::{Durability, Keys};
 use axum::http::StatusCode;
 use rusqlite::Transaction;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -106,9 +106,10 @@ impl RequestAudit {
     }
 
     /// Writes the record of a request that did not write it with a
-    /// mutation, through group commit; the response waits for it. An error
-    /// means the response must not be sent.
-    pub async fn finish(&self, status: StatusCode, error_code: Option<&str>) -> Result<()> {
+    /// mutation, through group commit; the response waits for it, committed
+    /// with `durability` ([`Durability::Normal`] only for read-only
+    /// requests). An error means the response must not be sent.
+    pub async fn finish(&self, status: StatusCode, error_code: Option<&str>, durability: Durability) -> Result<()> {
         let entry = {
             let state = self.state();
             if state.written || state.failed {
@@ -124,7 +125,7 @@ impl RequestAudit {
             };
             entry
         };
-        self.log.append(entry).await
+        self.log.append_with(entry, durability).await
     }
 
     /// Whether a mutation wrote the record (the middleware warns about a

@@ -171,10 +171,10 @@ async fn a_mutation_whose_record_cannot_be_written_changes_nothing() {
     let marker: i64 = raw(&dir).query_row("SELECT count(*) FROM meta WHERE key = 'marker'", [], |r| r.get(0)).unwrap();
     assert_eq!(marker, 0, "the mutation rolled back with its record");
     // The failure is final for this request: nothing more is attempted.
-    audit.finish(axum::http::StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")).await.unwrap();
+    audit.finish(axum::http::StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"), Durability::Full).await.unwrap();
     // A read's record goes through group commit and fails the same way.
     let read = RequestAudit::new(log, "req_2", "127.0.0.1:1", "test".into());
-    let err = read.finish(axum::http::StatusCode::OK, None).await.unwrap_err();
+    let err = read.finish(axum::http::StatusCode::OK, None, Durability::Normal).await.unwrap_err();
     assert_eq!(err.kind, Kind::Unavailable);
 }
 
@@ -188,7 +188,7 @@ async fn a_mutation_and_its_record_commit_together() {
     audit.target("secret.create", "app/db");
     audit.write_with_status(|_| axum::http::StatusCode::CREATED, |_, _| Ok(())).await.unwrap();
     // Already written: finish adds nothing.
-    audit.finish(axum::http::StatusCode::CREATED, None).await.unwrap();
+    audit.finish(axum::http::StatusCode::CREATED, None, Durability::Full).await.unwrap();
     assert_eq!(verdict(&dir, &key).unwrap().records, 1);
     let r = store.read(|c, _| chain::list(c, 0, 10)).await.unwrap().remove(0);
     assert_eq!(

@@ -1,19 +1,25 @@
 //! Tokens and policies: who is calling, and may they do this to that name.
-//! Deny by default; every request re-reads its token row, so a revocation is
-//! effective on the very next request.
+//! Deny by default. A request's caller comes from its token's rows or from
+//! the [`TokenCache`], which holds only what those rows still say: any
+//! commit touching tokens or policies invalidates it before the change's
+//! request returns, so a revocation or a policy change is effective on the
+//! very next request.
 
+mod cache;
 mod glob;
 
+pub use cache::TokenCache;
 pub use glob::Glob;
 
 use crate::error::{Error, Result};
 use crate::model::{Capability, now_millis, rfc3339};
-use crate::store::{Keys, policies, tokens};
+use crate::store::{Keys, Store, policies, tokens};
 use base64::Engine as _;
 use rand::RngCore;
 use rusqlite::{Connection, Transaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 
@@ -74,7 +80,8 @@ pub struct Caller {
     pub policies: Vec<String>,
     pub expires_at: Option<i64>,
     root: bool,
-    rules: Vec<CompiledRule>,
+    /// Shared: a caller is cloned out of the cache for every request.
+    rules: Arc<[CompiledRule]>,
 }
 
 impl Caller {
@@ -103,12 +110,32 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Resolves a bearer token to a caller, from `cache` when it holds a
+/// current entry, else from the store (then cached): unknown, revoked and
+/// expired tokens are all refused with 401.
+pub async fn authenticate_cached(store: &Store, cache: &TokenCache, bearer: &str) -> Result<Caller> {
+    let hash = hash_token(bearer);
+    // Read before the rows: a change committed after this moves it, and
+    // the entry made from the rows read here is then never used.
+    let generation = store.auth_generation();
+    if let Some(caller) = cache.get(&hash, generation) {
+        return Ok(caller);
+    }
+    let caller = store.read_quick(move |conn, _| authenticate_hash(conn, &hash)).await?;
+    cache.insert(hash, generation, caller.clone());
+    Ok(caller)
+}
+
 /// Resolves a bearer token to a caller: unknown, revoked and expired
 /// tokens are all refused with 401.
 pub fn authenticate(conn: &Connection, bearer: &str) -> Result<Caller> {
-    let hash = hash_token(bearer);
-    let row = tokens::by_hash(conn, &hash)?
-        .filter(|row| bool::from(row.hash.ct_eq(&hash)))
+    authenticate_hash(conn, &hash_token(bearer))
+}
+
+/// [`authenticate`] for a token known by its SHA-256.
+fn authenticate_hash(conn: &Connection, hash: &[u8; 32]) -> Result<Caller> {
+    let row = tokens::by_hash(conn, hash)?
+        .filter(|row| bool::from(row.hash.ct_eq(hash)))
         .ok_or_else(|| Error::unauthorized("the token is not valid; check TUMBLER_TOKEN"))?;
     if row.revoked_at.is_some() {
         return Err(Error::unauthorized("the token has been revoked; ask for a new one"));
@@ -131,7 +158,7 @@ pub fn authenticate(conn: &Connection, bearer: &str) -> Result<Caller> {
         policies: row.policies,
         expires_at: row.expires_at,
         root,
-        rules,
+        rules: rules.into(),
     })
 }
 
@@ -257,5 +284,99 @@ mod tests {
         assert!(!caller.allows(Capability::Write, "app/x"));
         assert!(!caller.allows(Capability::Read, "db/x"));
         assert!(store.read(|c, _| authenticate(c, "tmb_nope")).await.is_err());
+    }
+
+    fn read_rule(names: &str) -> Vec<Rule> {
+        vec![Rule { names: names.into(), capabilities: vec![Capability::Read] }]
+    }
+
+    /// A policy `app` on `app/*`, a token holding it, and one minted from that token.
+    async fn parent_and_child(store: &Store) -> (Minted, Minted) {
+        store
+            .write(|tx, _| {
+                policies::put(tx, "app", &read_rule("app/*"))?;
+                let parent = mint(tx, None, MintRequest { name: "p".into(), policies: vec!["app".into()], ttl: None })?;
+                let caller = authenticate(tx, &parent.token)?;
+                let child =
+                    mint(tx, Some(&caller), MintRequest { name: "c".into(), policies: vec!["app".into()], ttl: None })?;
+                Ok((parent, child))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_is_refused_once_it_or_its_parent_is_revoked() {
+        let (_dir, store) = test_store();
+        let cache = TokenCache::default();
+        let (parent, child) = parent_and_child(&store).await;
+        for token in [&parent.token, &child.token] {
+            authenticate_cached(&store, &cache, token).await.unwrap();
+            assert!(cache.get(&hash_token(token), store.auth_generation()).is_some(), "cached");
+        }
+        let id = parent.id.clone();
+        store.write(move |tx, _| tokens::revoke_tree(tx, &id, now_millis())).await.unwrap();
+        for token in [&parent.token, &child.token] {
+            let err = authenticate_cached(&store, &cache, token).await.unwrap_err();
+            assert_eq!(err.kind, crate::error::Kind::Unauthorized, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_applies_to_a_cached_token_at_once() {
+        let (_dir, store) = test_store();
+        let cache = TokenCache::default();
+        let (parent, _) = parent_and_child(&store).await;
+        let caller = authenticate_cached(&store, &cache, &parent.token).await.unwrap();
+        assert!(caller.allows(Capability::Read, "app/x"));
+        store.write(|tx, _| policies::put(tx, "app", &read_rule("db/*"))).await.unwrap();
+        let caller = authenticate_cached(&store, &cache, &parent.token).await.unwrap();
+        assert!(!caller.allows(Capability::Read, "app/x"));
+        assert!(caller.allows(Capability::Read, "db/x"));
+        store.write(|tx, _| policies::delete(tx, "app")).await.unwrap();
+        let caller = authenticate_cached(&store, &cache, &parent.token).await.unwrap();
+        assert!(!caller.allows(Capability::Read, "db/x"));
+    }
+
+    #[tokio::test]
+    async fn an_expired_cached_token_is_refused() {
+        let (_dir, store) = test_store();
+        let cache = TokenCache::default();
+        let ttl = Some(Duration::from_millis(300));
+        let minted = store
+            .write(move |tx, _| {
+                policies::put(tx, "app", &read_rule("app/*"))?;
+                mint(tx, None, MintRequest { name: "brief".into(), policies: vec!["app".into()], ttl })
+            })
+            .await
+            .unwrap();
+        authenticate_cached(&store, &cache, &minted.token).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(cache.get(&hash_token(&minted.token), store.auth_generation()).is_none());
+        let err = authenticate_cached(&store, &cache, &minted.token).await.unwrap_err();
+        assert!(err.message().contains("expired"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn only_changes_to_tokens_or_policies_invalidate_the_cache() {
+        let (_dir, store) = test_store();
+        let before = store.auth_generation();
+        store
+            .write(|tx, _| {
+                tx.execute("INSERT INTO meta (key, value) VALUES ('unrelated', 'x')", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.auth_generation(), before, "a write elsewhere keeps cached callers");
+        // Even a change that then rolls back moves it: stale is never served.
+        let refused = store
+            .write(|tx, _| -> Result<()> {
+                policies::put(tx, "app", &read_rule("app/*"))?;
+                Err(Error::conflict("roll back"))
+            })
+            .await;
+        assert!(refused.is_err());
+        assert!(store.auth_generation() > before);
     }
 }

@@ -20,7 +20,7 @@ use crate::model::{SecretName, now_millis, rfc3339};
 use crate::plugins::CallContext;
 use crate::plugins::dynamic_bindings::exports::tumbler::rotator::dynamic::IssueRequest;
 use crate::plugins::registry::Registry;
-use crate::store::Store;
+use crate::store::{Durability, Store};
 use lease::{Holder, LeaseRow, LeaseView};
 use roles::RoleRow;
 use std::collections::HashSet;
@@ -145,7 +145,7 @@ impl Leases {
         // would drop anyway; the lease becomes durable when it is activated.
         let reserved = self
             .store
-            .write_relaxed(move |tx, _| {
+            .write_with(Durability::Normal, move |tx, _| {
                 let holder = Holder { token_id: &token_id, token_name: &token_name, token_expires_at, token_quota };
                 lease::reserve(tx, &r, &holder, ttl_ms, now_millis())
             })

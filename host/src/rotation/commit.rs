@@ -15,7 +15,7 @@
 //! full commit. That is one fsync per rotation instead of four.
 
 use crate::error::{Error, Result};
-use crate::store::{Keys, Store};
+use crate::store::{Durability, Keys, Store};
 use rusqlite::Transaction;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -112,7 +112,8 @@ async fn run(store: Store, mut queue: mpsc::Receiver<Transition>) {
             made.extend(transitions.into_iter().map(|t| (t.run)(tx, keys)));
             Ok(())
         };
-        let outcome = if durable { store.write(work).await } else { store.write_relaxed(work).await };
+        let durability = if durable { Durability::Full } else { Durability::Normal };
+        let outcome = store.write_with(durability, work).await;
         let replies = std::mem::take(&mut *replies.lock().unwrap_or_else(|p| p.into_inner()));
         let failed = outcome.err();
         for reply in replies {

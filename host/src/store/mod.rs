@@ -2,6 +2,14 @@
 //! compare-and-set on a generation number is decided in one place) and a
 //! small pool of readers (WAL lets them run beside the writer). Blocking
 //! SQLite work runs on tokio's blocking pool.
+//!
+//! Durability: a write commits with `synchronous=FULL` (on disk before the
+//! caller hears "done") unless it asks for [`Durability::Normal`]: only
+//! writes whose loss in a power cut is harmless do (the audit records of
+//! read-only requests, and transitions a restart redoes: a rotation's claim
+//! and its intermediate steps, a lease's state marks); those are in the WAL
+//! when their commit returns and on disk at the next FULL commit, the next
+//! checkpoint or the next [`Store::sync_wal`], whichever comes first.
 
 mod lock;
 mod migrations;
@@ -14,8 +22,10 @@ pub use lock::DataDirLock;
 
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use zeroize::Zeroizing;
 
@@ -45,16 +55,42 @@ pub fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
     master.derive("tumbler/v1/audit-mac")
 }
 
+/// Tables whose rows decide who a token is and what it may do: a commit
+/// that changes one of them moves the auth generation.
+const AUTH_TABLES: [&str; 2] = ["tokens", "policies"];
+
+/// How far a commit has gone when [`Store::write_with`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (`synchronous=FULL`): survives a power cut or a kernel crash.
+    /// Every change of state commits this way.
+    Full,
+    /// In the WAL through write(2) (`synchronous=NORMAL`): survives a crash
+    /// or kill of the process; a power cut or kernel crash may lose it until
+    /// the WAL is next synced (the next FULL commit, checkpoint or
+    /// [`Store::sync_wal`]). What is lost is always a suffix: a FULL commit
+    /// syncs every commit before it, and WAL recovery keeps a prefix.
+    Normal,
+}
+
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
     keys: Keys,
+    /// Moves after every commit (or rollback) that touched [`AUTH_TABLES`].
+    auth_generation: AtomicU64,
+    /// Set by the writer's update hook when the open transaction touches
+    /// [`AUTH_TABLES`]; cleared when the generation moves.
+    auth_touched: Arc<AtomicBool>,
+    /// A [`Durability::Normal`] commit has not been synced yet.
+    wal_unsynced: AtomicBool,
+    wal_path: PathBuf,
 }
 
 impl Store {
@@ -84,16 +120,23 @@ impl Store {
 
     fn open_checked(data_dir: &Path, master: MasterKey) -> Result<Self> {
         let path = data_dir.join(DB_FILE);
-        let writer = open_connection(&path)?;
+        let mut writer = open_connection(&path)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         migrations::apply(&writer)?;
+        let auth_touched = Arc::new(AtomicBool::new(false));
+        watch_auth_tables(&mut writer, auth_touched.clone())?;
         let readers = (0..READERS).map(|_| open_connection(&path)).collect::<Result<Vec<_>>>()?;
         Ok(Store {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
+                // open_connection sets FULL.
+                writer: Mutex::new(Writer { conn: writer, durability: Durability::Full }),
                 readers: Mutex::new(readers),
                 reader_returned: Condvar::new(),
                 keys: Keys::new(master),
+                auth_generation: AtomicU64::new(0),
+                auth_touched,
+                wal_unsynced: AtomicBool::new(false),
+                wal_path: wal_path(&path),
             }),
         })
     }
@@ -119,34 +162,75 @@ impl Store {
         .await
     }
 
-    /// Runs `f` inside one write transaction; commits if it returns Ok.
+    /// Runs `f` in one read transaction on a reader connection right here,
+    /// on the async thread, when one is free (else on the blocking pool, as
+    /// [`Store::read`] does). Saves the two thread hand-offs of the blocking
+    /// pool, which cost more than a point lookup on a warm page cache; so
+    /// only for reads of a few rows by key (a token, one secret value),
+    /// never for scans: `f` holds up every other request this thread serves
+    /// while it runs.
+    pub async fn read_quick<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Keys) -> Result<T> + Send + 'static,
+    {
+        match self.inner.try_take_reader() {
+            Some(conn) => {
+                let out = read_transaction(&conn, &self.inner.keys, f);
+                self.inner.return_reader(conn);
+                out
+            }
+            None => self.read(move |conn, keys| read_transaction(conn, keys, f)).await,
+        }
+    }
+
+    /// Runs `f` inside one write transaction; commits if it returns Ok,
+    /// and returns once the commit is on disk ([`Durability::Full`]).
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        run_blocking(move || inner.write_now(f)).await
+        self.write_with(Durability::Full, f).await
     }
 
-    /// [`Store::write`] for a transaction whose loss in a power cut is
-    /// harmless: it commits with `synchronous=NORMAL`, so it is in the WAL
-    /// (durable against a crash of the process) when this returns, and on
-    /// disk with the next full commit or checkpoint. WAL order means a
-    /// later full commit never lands without it. Used for rotation
-    /// transitions that a restart simply redoes (see rotation/commit.rs).
-    pub async fn write_relaxed<T, F>(&self, f: F) -> Result<T>
+    /// [`Store::write`] with the commit's durability chosen by the caller.
+    pub async fn write_with<T, F>(&self, durability: Durability, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T> + Send + 'static,
     {
         let inner = self.inner.clone();
-        run_blocking(move || inner.write_with(Sync::Relaxed, f)).await
+        run_blocking(move || inner.write_now(durability, f)).await
     }
 
     /// The synchronous form of [`Store::write`], for offline commands.
     pub fn write_blocking<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
-        self.inner.write_now(f)
+        self.inner.write_now(Durability::Full, f)
+    }
+
+    /// Changes whenever a commit may have changed a token or a policy;
+    /// whatever was derived from those rows under another value is stale.
+    /// Read it *before* reading the rows: the writer moves it after the
+    /// commit and before the write that made the change returns.
+    pub fn auth_generation(&self) -> u64 {
+        self.inner.auth_generation.load(Ordering::SeqCst)
+    }
+
+    /// Puts every [`Durability::Normal`] commit made so far on disk
+    /// (fsync of the WAL), if there is one. Runs beside the writer: it
+    /// neither takes the writer nor delays a commit.
+    pub async fn sync_wal(&self) -> Result<()> {
+        if !self.inner.wal_unsynced.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let synced = run_blocking(move || inner.fsync_wal()).await;
+        if synced.is_err() {
+            // Try again next time.
+            self.inner.wal_unsynced.store(true, Ordering::SeqCst);
+        }
+        synced
     }
 }
 
@@ -161,34 +245,111 @@ impl Inner {
         }
     }
 
+    fn try_take_reader(&self) -> Option<Connection> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
     fn return_reader(&self, conn: Connection) {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         self.reader_returned.notify_one();
     }
 
-    fn write_now<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
-        self.write_with(Sync::Full, f)
+    fn write_now<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>,
+    ) -> Result<T> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        writer.set_durability(durability)?;
+        let out = self.transact(&mut writer.conn, f);
+        if durability == Durability::Normal {
+            // Even after an error: the commit may have reached the WAL.
+            self.wal_unsynced.store(true, Ordering::SeqCst);
+        }
+        // Committed or rolled back, the generation moves before the caller
+        // hears back (and even if it has stopped listening), so no request
+        // can start after a revocation and still see the old rows' caller.
+        if self.auth_touched.swap(false, Ordering::SeqCst) {
+            self.auth_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        out
     }
 
-    fn write_with<T>(&self, sync: Sync, f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        // Set on every transaction, so a relaxed one never leaks its
-        // setting into the next (a cheap pragma, no I/O).
-        conn.pragma_update(None, "synchronous", if sync == Sync::Relaxed { "NORMAL" } else { "FULL" })?;
+    fn transact<T>(
+        &self,
+        conn: &mut Connection,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>,
+    ) -> Result<T> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx, &self.keys)?;
         tx.commit()?;
         Ok(out)
     }
+
+    fn fsync_wal(&self) -> Result<()> {
+        let file = match std::fs::File::open(&self.wal_path) {
+            Ok(file) => file,
+            // No WAL: the last connection checkpointed it into the (synced) database.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(wal_sync_error(&self.wal_path, e)),
+        };
+        file.sync_data().map_err(|e| wal_sync_error(&self.wal_path, e))
+    }
 }
 
-/// How a write transaction reaches the disk.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sync {
-    /// `synchronous=FULL`: on disk before the commit returns.
-    Full,
-    /// `synchronous=NORMAL`: in the WAL; on disk with the next full commit.
-    Relaxed,
+/// Runs `f` inside `BEGIN ... COMMIT`: its statements see one snapshot, and
+/// the WAL read lock is taken and released once instead of per statement
+/// (with a few point lookups, that locking was most of the cost).
+fn read_transaction<T>(conn: &Connection, keys: &Keys, f: impl FnOnce(&Connection, &Keys) -> Result<T>) -> Result<T> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let out = f(conn, keys);
+    // Nothing was written: COMMIT only ends the read.
+    let ended = conn.prepare_cached("COMMIT").and_then(|mut end| end.execute([]));
+    if ended.is_err() && !conn.is_autocommit() {
+        // Never hand a connection back inside a transaction.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let out = out?;
+    ended?;
+    Ok(out)
+}
+
+fn wal_sync_error(path: &Path, e: std::io::Error) -> Error {
+    Error::unavailable(format!("cannot sync {} to disk: {e}; check the disk holding the data dir", path.display()))
+}
+
+/// The connection that writes, and the durability its commits have now.
+struct Writer {
+    conn: Connection,
+    durability: Durability,
+}
+
+impl Writer {
+    /// Sets `synchronous` for the next commit. Every write sets the level it
+    /// needs before it begins, so a run of relaxed audit batches costs no
+    /// pragma, and no write can inherit a weaker level than it asked for.
+    fn set_durability(&mut self, durability: Durability) -> Result<()> {
+        if self.durability != durability {
+            let level = match durability {
+                Durability::Full => "FULL",
+                Durability::Normal => "NORMAL",
+            };
+            self.conn.pragma_update(None, "synchronous", level)?;
+            self.durability = durability;
+        }
+        Ok(())
+    }
+}
+
+/// Flags every change to [`AUTH_TABLES`] made through `writer` (the only
+/// connection that writes while the server runs).
+fn watch_auth_tables(writer: &mut Connection, touched: Arc<AtomicBool>) -> Result<()> {
+    writer.update_hook(Some(move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
+        if AUTH_TABLES.contains(&table) {
+            touched.store(true, Ordering::SeqCst);
+        }
+    }))?;
+    Ok(())
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -198,6 +359,14 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // Room for every statement the hot paths prepare, so none is parsed twice.
+    conn.set_prepared_statement_cache_capacity(64);
+    // Plans fixed when a statement is prepared. Otherwise SQLite marks a
+    // statement to be planned again whenever a bound value might change its
+    // plan (any `column = ?` in a join), and rusqlite's clearing of bindings
+    // when a cached statement is put back sets that off on every use: the
+    // value read parsed its SQL twice per request. Results never differ.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // FULL: a commit is on disk before the client hears "done"; a rotated
     // password must never be lost to a power cut.
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -271,20 +440,27 @@ pub(crate) fn test_store() -> (tempfile::TempDir, Store) {
 mod tests {
     use super::*;
 
-    async fn level(store: &Store, relaxed: bool) -> i64 {
-        let f = |tx: &rusqlite::Transaction<'_>, _: &Keys| Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?);
-        if relaxed { store.write_relaxed(f).await.unwrap() } else { store.write(f).await.unwrap() }
+    fn synchronous(tx: &rusqlite::Transaction<'_>) -> Result<i64> {
+        Ok(tx.pragma_query_value(None, "synchronous", |r| r.get(0))?)
+    }
+
+    fn unsynced(store: &Store) -> bool {
+        store.inner.wal_unsynced.load(Ordering::SeqCst)
     }
 
     #[tokio::test]
-    async fn a_relaxed_write_never_leaves_the_writer_relaxed() {
+    async fn a_normal_commit_is_unsynced_until_the_wal_is_synced() {
         let (_dir, store) = test_store();
-        assert_eq!(level(&store, false).await, 2, "FULL");
-        assert_eq!(level(&store, true).await, 1, "NORMAL");
-        assert_eq!(level(&store, false).await, 2, "the next write is FULL again");
-        // Even when the relaxed transaction fails.
-        let failed = store.write_relaxed(|_, _| -> Result<()> { Err(Error::conflict("no")) }).await;
-        assert!(failed.is_err());
-        assert_eq!(level(&store, false).await, 2);
+        // 1 is NORMAL, 2 is FULL.
+        assert_eq!(store.write_with(Durability::Normal, |tx, _| synchronous(tx)).await.unwrap(), 1);
+        assert!(unsynced(&store));
+        assert_eq!(store.write(|tx, _| synchronous(tx)).await.unwrap(), 2, "FULL again after NORMAL");
+        store.sync_wal().await.unwrap();
+        assert!(!unsynced(&store));
+
+        // After a refused relaxed write too.
+        let refused = store.write_with(Durability::Normal, |_, _| -> Result<()> { Err(Error::conflict("no")) }).await;
+        assert!(refused.is_err());
+        assert_eq!(store.write(|tx, _| synchronous(tx)).await.unwrap(), 2);
     }
 }

@@ -191,28 +191,26 @@ pub fn patch(tx: &Transaction<'_>, name: &SecretName, description: Option<String
     bump_generation(tx, &row, now_millis())
 }
 
+const VALUE_BY_LABEL: &str = "SELECT v.id, v.nonce, v.ciphertext, v.created_at,
+        (SELECT group_concat(label, ',') FROM labels WHERE version_id = v.id)
+     FROM labels l JOIN versions v ON v.id = l.version_id
+     WHERE l.secret_id = ?1 AND l.label = ?2";
+const VALUE_BY_VERSION: &str = "SELECT id, nonce, ciphertext, created_at,
+        (SELECT group_concat(label, ',') FROM labels WHERE version_id = versions.id)
+     FROM versions WHERE secret_id = ?1 AND id = ?2";
+
 pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selector) -> Result<ValueRead> {
     let row = live(conn, name)?;
     let found = match sel {
+        // Cached statements: a read is a few index lookups, and parsing the
+        // SQL again would cost more than running it.
         Selector::Label(label) => conn
-            .query_row(
-                "SELECT v.id, v.nonce, v.ciphertext, v.created_at,
-                        (SELECT group_concat(label, ',') FROM labels WHERE version_id = v.id)
-                 FROM labels l JOIN versions v ON v.id = l.version_id
-                 WHERE l.secret_id = ?1 AND l.label = ?2",
-                params![row.id, label.as_str()],
-                version_cols,
-            )
+            .prepare_cached(VALUE_BY_LABEL)?
+            .query_row(params![row.id, label.as_str()], version_cols)
             .optional()?,
-        Selector::Version(id) => conn
-            .query_row(
-                "SELECT id, nonce, ciphertext, created_at,
-                        (SELECT group_concat(label, ',') FROM labels WHERE version_id = versions.id)
-                 FROM versions WHERE secret_id = ?1 AND id = ?2",
-                params![row.id, id],
-                version_cols,
-            )
-            .optional()?,
+        Selector::Version(id) => {
+            conn.prepare_cached(VALUE_BY_VERSION)?.query_row(params![row.id, id], version_cols).optional()?
+        }
     };
     let (version_id, nonce, ciphertext, created_at, labels) = found.ok_or_else(|| match sel {
         Selector::Label(l) => Error::not_found(format!(
@@ -386,9 +384,12 @@ fn not_found(name: &SecretName) -> Error {
     Error::not_found(format!("secret '{name}' does not exist"))
 }
 
+const FIND: &str = "SELECT id, generation, deleted_at, purge_at FROM secrets WHERE name = ?1";
+const DATA_KEY: &str = "SELECT dek_wrapped, dek_kek_id FROM secrets WHERE id = ?1";
+
 fn find(conn: &Connection, name: &str) -> Result<Option<SecretRow>> {
     Ok(conn
-        .prepare_cached("SELECT id, generation, deleted_at, purge_at FROM secrets WHERE name = ?1")?
+        .prepare_cached(FIND)?
         .query_row([name], |r| {
             Ok(SecretRow { id: r.get(0)?, generation: r.get(1)?, deleted_at: r.get(2)?, purge_at: r.get(3)? })
         })
@@ -422,7 +423,7 @@ pub(crate) fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
 
 pub(crate) fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey> {
     let (wrapped, kek_id): (Vec<u8>, String) = conn
-        .prepare_cached("SELECT dek_wrapped, dek_kek_id FROM secrets WHERE id = ?1")?
+        .prepare_cached(DATA_KEY)?
         .query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if kek_id != keys.master.id() {
         return Err(Error::internal(format!(
@@ -620,6 +621,42 @@ mod tests {
 
     fn name(s: &str) -> SecretName {
         SecretName::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reading_a_value_reuses_its_prepared_statements() {
+        let (_dir, store) = test_store();
+        let version = store
+            .write(|tx, k| {
+                let new = NewSecret {
+                    name: name("app/db"),
+                    value: value("v0"),
+                    description: String::new(),
+                    tags: Tags::new(),
+                    client_token: None,
+                };
+                create(tx, k, new)?;
+                put_version(tx, k, &name("app/db"), &value("v1"), None, &[Label::current()])
+            })
+            .await
+            .unwrap()
+            .version_id;
+        let reprepared = store
+            .read(move |conn, keys| {
+                for _ in 0..3 {
+                    read_value(conn, keys, &name("app/db"), &Selector::Label(Label::current()))?;
+                    read_value(conn, keys, &name("app/db"), &Selector::Version(version.clone()))?;
+                }
+                // Statements whose plan depends on a bound value are parsed
+                // again at each new binding; none of these may be.
+                let status = |sql| -> Result<(&str, i32)> {
+                    Ok((sql, conn.prepare_cached(sql)?.get_status(rusqlite::StatementStatus::RePrepare)))
+                };
+                [FIND, DATA_KEY, VALUE_BY_LABEL, VALUE_BY_VERSION].into_iter().map(status).collect::<Result<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+        assert!(reprepared.iter().all(|(_, n)| *n == 0), "{reprepared:?}");
     }
 
     #[tokio::test]
