@@ -14,7 +14,9 @@ use tumbler::plugins::bindings::tumbler::rotator::types::{StepInput, Version};
 use tumbler::plugins::cache::ComponentCache;
 use tumbler::plugins::capabilities::GrantsSpec;
 use tumbler::plugins::{CallContext, LoadedPlugin, Runtime, RuntimeLimits, Step, StepOutcome};
+use tumbler::model::{Label, SecretName, SecretValue};
 use tumbler::store::Store;
+use tumbler::store::secrets::{self, NewSecret, Tags};
 use tumbler_tests::servers::{Mariadb, Postgres, Sshd, ssh_keypair, ssh_keypair_of_type};
 use tumbler_tests::workspace_root;
 use zeroize::Zeroizing;
@@ -272,6 +274,100 @@ async fn postgres_wrong_password_is_auth() {
     assert!(message.starts_with("auth: "), "{message}");
     assert!(message.contains("password authentication failed"), "{message}");
     assert!(!message.contains("not-the-password"), "{message}");
+}
+
+/// A store holding `secrets` (name, JSON value), for `from-secret(named(..))`.
+async fn store_with(secrets: &[(&str, Value)]) -> (tempfile::TempDir, Store) {
+    let (dir, store) = test_store();
+    for (name, value) in secrets {
+        put_secret(&store, name, value).await;
+    }
+    (dir, store)
+}
+
+/// Creates secret `name`, or adds `value` to it as its new current version.
+async fn put_secret(store: &Store, name: &str, value: &Value) {
+    let (name, value) = (SecretName::parse(name).expect("secret name"), value.to_string());
+    store
+        .write(move |tx, keys| {
+            let value = SecretValue::parse(Zeroizing::new(value))?;
+            match secrets::put_version(tx, keys, &name, &value, None, &[Label::current()]) {
+                Err(e) if e.kind == tumbler::error::Kind::NotFound => {
+                    let new = NewSecret { name, value, description: String::new(), tags: Tags::new(), client_token: None };
+                    secrets::create(tx, keys, new)
+                }
+                other => other,
+            }
+        })
+        .await
+        .expect("store the secret");
+}
+
+/// Runs `statement` through the probe logged in with `secret`'s
+/// credentials and returns its first row.
+async fn first_row(grants: &Value, store: &Store, target: &Value, secret: &str, statement: &str) -> Vec<Value> {
+    let outcome = Call::granting(grants.clone())
+        .store(store)
+        .current(json!({"username": "pool_admin", "password": "first-password"}))
+        .probe(with(target.clone(), json!({"call": "sql-query", "secret": secret, "statement": statement})))
+        .await;
+    let rows = logged_rows(&outcome);
+    rows["rows"][0].as_array().cloned().unwrap_or_else(|| panic!("no row: {rows}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_sessions_of_a_granted_admin_secret_are_reused_reset_and_never_for_other_logins() {
+    let pg = Postgres::start();
+    pg.psql("CREATE ROLE pool_admin LOGIN PASSWORD 'first-password'");
+    let admin = json!({"username": "pool_admin", "password": "first-password"});
+    let (_dir, store) = store_with(&[("db/admin", admin)]).await;
+    let grants = json!({"sql": [pg.addr()], "secrets": ["db/admin"]});
+    let target = json!({"host": "127.0.0.1", "port": pg.port, "database": "postgres"});
+
+    // A session that changes its settings, then one more call: the same
+    // backend, with the settings of a fresh login.
+    let dirty = "SELECT pg_backend_pid()::int8, set_config('search_path', 'leaked', false)";
+    let first = first_row(&grants, &store, &target, "db/admin", dirty).await;
+    let fresh = "SELECT pg_backend_pid()::int8, current_setting('search_path')";
+    let second = first_row(&grants, &store, &target, "db/admin", fresh).await;
+    assert_eq!(second[0], first[0], "the admin session was not reused: {first:?} then {second:?}");
+    assert_eq!(second[1], json!("\"$user\", public"), "the reused session kept its settings");
+
+    // The rotated secret's own versions always log in for real.
+    let current = first_row(&grants, &store, &target, "current", fresh).await;
+    let again = first_row(&grants, &store, &target, "current", fresh).await;
+    assert_ne!(current[0], again[0], "a login with the current version was reused");
+    assert_ne!(current[0], first[0], "the current version's login took the admin secret's session");
+
+    // A new admin password never finds the old password's session, and
+    // the old session goes no further once the password is changed.
+    pg.psql("ALTER ROLE pool_admin PASSWORD 'second-password'");
+    put_secret(&store, "db/admin", &json!({"username": "pool_admin", "password": "second-password"})).await;
+    let after = first_row(&grants, &store, &target, "db/admin", fresh).await;
+    assert_ne!(after[0], first[0], "the session of the old password was reused");
+    let logins: i64 = pg
+        .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pool_admin'")
+        .trim()
+        .parse()
+        .expect("count");
+    assert!(logins <= 2, "idle admin sessions pile up: {logins}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_sessions_of_a_granted_admin_secret_are_reused_and_reset() {
+    let db = Mariadb::start();
+    db.sql("CREATE USER pool_admin@'%' IDENTIFIED BY 'first-password'");
+    let admin = json!({"username": "pool_admin", "password": "first-password"});
+    let (_dir, store) = store_with(&[("db/admin", admin)]).await;
+    let grants = json!({"sql": [db.addr()], "secrets": ["db/admin"]});
+    let target = json!({"engine": "mysql", "host": "127.0.0.1", "port": db.port});
+
+    let first = first_row(&grants, &store, &target, "db/admin", "SELECT CONNECTION_ID(), @leak := 'x'").await;
+    let second = first_row(&grants, &store, &target, "db/admin", "SELECT CONNECTION_ID(), @leak").await;
+    assert_eq!(second[0], first[0], "the admin session was not reused: {first:?} then {second:?}");
+    assert_eq!(second[1], Value::Null, "a user variable survived the reset");
+    let current = first_row(&grants, &store, &target, "current", "SELECT CONNECTION_ID()").await;
+    assert_ne!(current[0], first[0], "a login with the current version was reused");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,12 +7,14 @@
 //! buffered whole first.
 
 mod mysql;
+mod pool;
 mod postgres;
 
 use super::{denied, host_error, resolve_checked};
 use crate::plugins::bindings::tumbler::rotator::sql::{
     ConnectOptions, Credentials, Engine, Host, HostConnection, QueryResult, TlsMode, Value,
 };
+use crate::plugins::bindings::tumbler::rotator::types::SecretRef;
 use crate::plugins::bindings::tumbler::rotator::types::{ErrorKind, HostError};
 use crate::plugins::runtime::PluginState;
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ pub struct Connection {
     /// `host:port` as granted, for the audit line and messages.
     target: String,
     driver: Driver,
+    /// Set when the session may be kept for the next call (see `pool`).
+    reuse: Option<pool::LoginKey>,
 }
 
 enum Driver {
@@ -101,7 +105,12 @@ impl HostConnection for PluginState {
     }
 
     async fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {
-        self.table.delete(connection)?;
+        let connection = self.table.delete(connection)?;
+        if let Some(key) = connection.reuse
+            && !matches!(connection.driver, Driver::Closed)
+        {
+            pool::pool().give_back(key, connection.driver).await;
+        }
         self.budget.sql_connection_closed();
         Ok(())
     }
@@ -115,6 +124,8 @@ impl PluginState {
         };
         self.budget.check_sql_connections_held()?;
         self.budget.take_sql_connect()?;
+        // Only another secret's login is reused; see `pool`.
+        let reusable = matches!(options.credentials, Credentials::FromSecret(SecretRef::Named(_)));
         let (username, password) = match options.credentials {
             Credentials::Password((username, password)) => (username, Zeroizing::new(password)),
             Credentials::FromSecret(secret) => {
@@ -135,6 +146,20 @@ impl PluginState {
             database: options.database,
             tls: options.tls,
         };
+        let reuse = reusable.then(|| {
+            pool::LoginKey::new(
+                matches!(options.engine, Engine::Postgres),
+                addr,
+                &login.server_name,
+                login.database.as_deref(),
+                login.tls as u8,
+                &login.username,
+                &login.password,
+            )
+        });
+        if let Some(driver) = reuse.as_ref().and_then(|key| pool::pool().take(key)) {
+            return Ok(Connection { target, driver, reuse });
+        }
         let connecting = async {
             match options.engine {
                 Engine::Postgres => postgres::connect(&login).await.map(Driver::Postgres),
@@ -144,11 +169,33 @@ impl PluginState {
         let driver = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.map_err(|_| {
             host_error(ErrorKind::Unreachable, format!("connecting to {target} took longer than {CONNECT_TIMEOUT:?}"))
         })??;
-        Ok(Connection { target, driver })
+        Ok(Connection { target, driver, reuse })
     }
 }
 
 impl Driver {
+    /// Whether the link is still up, as far as the host can tell.
+    fn is_open(&self) -> bool {
+        match self {
+            Driver::Postgres(pg) => pg.is_open(),
+            Driver::Mysql(my) => my.is_open(),
+            Driver::Closed => false,
+        }
+    }
+
+    /// Makes the session as fresh as a new login (see `pool`); false if it
+    /// cannot be, and must be closed.
+    async fn reset(&mut self) -> bool {
+        let reset = async {
+            match self {
+                Driver::Postgres(pg) => pg.reset().await,
+                Driver::Mysql(my) => my.reset().await,
+                Driver::Closed => false,
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, reset).await.unwrap_or(false)
+    }
+
     async fn execute(&mut self, statement: &str, params: &[Value]) -> Result<u64, HostError> {
         match self {
             Driver::Postgres(pg) => pg.execute(statement, params).await,

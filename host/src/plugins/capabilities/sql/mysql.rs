@@ -82,6 +82,18 @@ pub(super) async fn connect(login: &Login) -> Result<MyConnection, HostError> {
 }
 
 impl MyConnection {
+    pub(super) fn is_open(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// `COM_RESET_CONNECTION`: false on servers too old for it, or if it failed.
+    pub(super) async fn reset(&mut self) -> bool {
+        match self.conn.as_mut() {
+            Some(conn) => matches!(conn.reset().await, Ok(true)),
+            None => false,
+        }
+    }
+
     fn conn(&mut self) -> Result<&mut Conn, HostError> {
         self.conn.as_mut().ok_or_else(|| host_error(ErrorKind::Host, "the connection is closing"))
     }

@@ -80,6 +80,17 @@ where
 }
 
 impl PgConnection {
+    pub(super) fn is_open(&self) -> bool {
+        !self.client.is_closed() && !self.meter.tripped()
+    }
+
+    /// `DISCARD ALL`, which PostgreSQL refuses inside a transaction block:
+    /// a session left in one is not reset, and so not reused.
+    pub(super) async fn reset(&mut self) -> bool {
+        self.meter.start();
+        self.is_open() && self.client.batch_execute("DISCARD ALL").await.is_ok()
+    }
+
     pub(super) async fn execute(&mut self, statement: &str, params: &[Value]) -> Result<u64, HostError> {
         self.meter.start();
         let prepared = self.client.prepare(statement).await.map_err(|e| self.error(e))?;
