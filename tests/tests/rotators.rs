@@ -770,6 +770,23 @@ fn my_general_log(db: &Mariadb) -> PathBuf {
 }
 
 #[tokio::test]
+async fn postgres_single_user_set_with_a_stale_current_password_changes_nothing_and_says_why() {
+    let pg = Postgres::start();
+    pg_create_role(&pg, "app", "the real one");
+    let params = json!({"tls": "disable"});
+    let rotation = Rotation::new("postgres", &pg_secret(&pg, "app", "out of date"), params, pg_grants(&pg)).await;
+    let pending = rotation.try_create().await.expect("create");
+    let outcome = rotation.step(Step::Set, rotation.input(Some(&pending))).await;
+    let error = outcome.result.expect_err("set with a password the database refuses");
+    assert!(
+        error.message.contains("refuses both the current and the pending password of user \"app\""),
+        "{}",
+        error.message
+    );
+    assert!(pg_logs_in(&pg, "app", "the real one"), "the password was changed anyway");
+}
+
+#[tokio::test]
 async fn mysql_single_user_steps_change_the_password_and_no_password_reaches_the_general_log() {
     let db = Mariadb::start();
     let general_log = my_general_log(&db);

@@ -208,17 +208,18 @@ pub fn create<D: PasswordDatabase>(input: &StepInput) -> Result<String, StepErro
     Ok(secret.to_json())
 }
 
-/// `set`: the database accepts the pending value. Tries the pending login
-/// first, so a repeated `set` (whose first run already changed the
-/// password, and so broke the current login in single-user) succeeds.
+/// `set`: the database accepts the pending value. Repeatable: a `set`
+/// whose first run already changed the password finds the pending login
+/// working and changes nothing (single-user: checked only when the current
+/// password is refused, so a first run logs in once, not twice).
 pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
     let params = DatabaseParams::<D::Params>::of(input)?;
     let pending = secret_of::<D>(input.pending_version()?)?;
-    if logs_in::<D>(&pending, &params, SecretRef::Pending)? {
-        log::info(format_args!("set: user {:?} already logs in with the pending password", pending.username));
-        return Ok(());
-    }
     let current = secret_of::<D>(input.current_version()?)?;
+    let already = || {
+        log::info(format_args!("set: user {:?} already logs in with the pending password", pending.username));
+        Ok(())
+    };
     match params.strategy {
         Strategy::SingleUser => {
             if current.username != pending.username {
@@ -228,10 +229,22 @@ pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
                     pending.username, current.username
                 )));
             }
-            let connection = connect::<D>(&current, &params, SecretRef::Current)?;
+            let Some(connection) = connect_unless_refused::<D>(&current, &params, SecretRef::Current)? else {
+                if logs_in::<D>(&pending, &params, SecretRef::Pending)? {
+                    return already();
+                }
+                // Retried, as any refused login: the database may be mid-failover.
+                return Err(StepError::Retryable(format!(
+                    "auth: the database refuses both the current and the pending password of user {:?}",
+                    current.username
+                )));
+            };
             D::set_own_password(&connection, &params.engine, &pending.username, &pending.password)?;
         }
         Strategy::AlternatingUsers => {
+            if logs_in::<D>(&pending, &params, SecretRef::Pending)? {
+                return already();
+            }
             let connection = connect::<D>(&pending, &params, params.admin()?)?;
             D::provision_user(&connection, &params.engine, &pending.username, &current.username, &pending.password)?;
         }
@@ -341,9 +354,19 @@ fn logs_in<D: PasswordDatabase>(
     params: &DatabaseParams<D::Params>,
     who: SecretRef,
 ) -> Result<bool, StepError> {
+    Ok(connect_unless_refused::<D>(secret, params, who)?.is_some())
+}
+
+/// A connection logged in as `who`, or `None` when the database refuses
+/// the credentials; other failures (unreachable, denied) are errors.
+fn connect_unless_refused<D: PasswordDatabase>(
+    secret: &DatabaseSecret,
+    params: &DatabaseParams<D::Params>,
+    who: SecretRef,
+) -> Result<Option<Connection>, StepError> {
     match Connection::connect(&connect_options::<D>(secret, params, who)?) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind == ErrorKind::Auth => Ok(false),
+        Ok(connection) => Ok(Some(connection)),
+        Err(e) if e.kind == ErrorKind::Auth => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
