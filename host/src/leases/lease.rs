@@ -3,6 +3,7 @@
 //! count it), `active` once the credential exists, `revoke_pending` from
 //! the moment it must go until the target confirms, then `revoked`.
 
+use crate::store::Cached;
 use super::roles::{self, RoleRow};
 use crate::error::{Error, Result};
 use crate::model::rfc3339;
@@ -84,7 +85,7 @@ pub struct Holder<'a> {
 /// Reserves a lease (state `issuing`) within the role's and the token's
 /// quotas; its end never passes the role's max TTL nor the token's expiry.
 pub fn reserve(tx: &Transaction<'_>, role: &RoleRow, holder: &Holder<'_>, ttl_ms: i64, now: i64) -> Result<LeaseRow> {
-    let role_open: i64 = tx.query_row(
+    let role_open: i64 = tx.row(
         "SELECT count(*) FROM leases WHERE role_id = ?1 AND state IN ('issuing', 'active')",
         [role.id],
         |r| r.get(0),
@@ -95,7 +96,7 @@ pub fn reserve(tx: &Transaction<'_>, role: &RoleRow, holder: &Holder<'_>, ttl_ms
             role.name, role.max_leases
         )));
     }
-    let token_open: i64 = tx.query_row(
+    let token_open: i64 = tx.row(
         "SELECT count(*) FROM leases WHERE token_id = ?1 AND state IN ('issuing', 'active')",
         [holder.token_id],
         |r| r.get(0),
@@ -119,7 +120,7 @@ pub fn reserve(tx: &Transaction<'_>, role: &RoleRow, holder: &Holder<'_>, ttl_ms
     let mut raw = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut raw);
     let id = format!("lease_{}", hex::encode(raw));
-    tx.execute(
+    tx.exec(
         "INSERT INTO leases (id, role_id, token_id, token_name, plugin, plugin_sha256, params, grants, state,
              issued_at, expires_at, max_expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'issuing', ?9, ?10, ?11)",
@@ -148,7 +149,7 @@ fn aad(id: &str) -> String {
 pub fn activate(tx: &Transaction<'_>, keys: &Keys, lease: &LeaseRow, handle: &str) -> Result<()> {
     let dek = roles::data_key(tx, keys, lease.role_id)?;
     let (nonce, sealed) = dek.encrypt(lease.role_id, &aad(&lease.id), handle.as_bytes());
-    let n = tx.execute(
+    let n = tx.exec(
         "UPDATE leases SET state = 'active', handle_nonce = ?2, handle_sealed = ?3 WHERE id = ?1 AND state = 'issuing'",
         params![lease.id, nonce, sealed],
     )?;
@@ -160,7 +161,7 @@ pub fn activate(tx: &Transaction<'_>, keys: &Keys, lease: &LeaseRow, handle: &st
 
 /// The issue failed: nothing exists at the target, forget the reservation.
 pub fn abandon(tx: &Transaction<'_>, id: &str) -> Result<()> {
-    tx.execute("DELETE FROM leases WHERE id = ?1 AND state = 'issuing'", [id])?;
+    tx.exec("DELETE FROM leases WHERE id = ?1 AND state = 'issuing'", [id])?;
     Ok(())
 }
 
@@ -172,7 +173,7 @@ pub fn clear_interrupted(tx: &Transaction<'_>) -> Result<Vec<(String, String)>> 
         .prepare("SELECT l.id, r.name FROM leases l JOIN roles r ON r.id = l.role_id WHERE l.state = 'issuing'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    tx.execute("DELETE FROM leases WHERE state = 'issuing'", [])?;
+    tx.exec("DELETE FROM leases WHERE state = 'issuing'", [])?;
     Ok(rows)
 }
 
@@ -194,7 +195,7 @@ pub fn handle(conn: &Connection, keys: &Keys, lease: &LeaseRow) -> Result<Zeroiz
 
 pub fn set_expiry(tx: &Transaction<'_>, id: &str, expires_at: i64) -> Result<()> {
     let n =
-        tx.execute("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'", params![id, expires_at])?;
+        tx.exec("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'", params![id, expires_at])?;
     if n != 1 {
         return Err(Error::conflict(format!("lease '{id}' is no longer active")));
     }
@@ -240,7 +241,7 @@ pub fn mark_tokens(tx: &Transaction<'_>, token_ids: &[String], now: i64) -> Resu
 
 /// Active leases past their end become `revoke_pending`; returns how many.
 pub fn expire_due(tx: &Transaction<'_>, now: i64) -> Result<usize> {
-    Ok(tx.execute(
+    Ok(tx.exec(
         "UPDATE leases SET state = 'revoke_pending', revoke_reason = 'expired', next_attempt_at = ?1
          WHERE state = 'active' AND expires_at <= ?1",
         [now],
@@ -258,7 +259,7 @@ pub fn revocations_due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<
 
 /// When the sweeper next has something to do.
 pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
-    Ok(conn.query_row(
+    Ok(conn.row(
         "SELECT min(t) FROM (
              SELECT min(expires_at) AS t FROM leases WHERE state = 'active'
              UNION ALL SELECT min(next_attempt_at) FROM leases WHERE state = 'revoke_pending')",
@@ -268,7 +269,7 @@ pub fn next_due(conn: &Connection) -> Result<Option<i64>> {
 }
 
 pub fn revoked(tx: &Transaction<'_>, id: &str, now: i64) -> Result<bool> {
-    Ok(tx.execute(
+    Ok(tx.exec(
         "UPDATE leases SET state = 'revoked', revoked_at = ?2, next_attempt_at = NULL, last_error = NULL,
              handle_nonce = NULL, handle_sealed = NULL
          WHERE id = ?1 AND state = 'revoke_pending'",
@@ -277,7 +278,7 @@ pub fn revoked(tx: &Transaction<'_>, id: &str, now: i64) -> Result<bool> {
 }
 
 pub fn revoke_failed(tx: &Transaction<'_>, id: &str, next_attempt_at: i64, error: &str) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "UPDATE leases SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3
          WHERE id = ?1 AND state = 'revoke_pending'",
         params![id, next_attempt_at, error],
@@ -289,11 +290,11 @@ pub fn revoke_failed(tx: &Transaction<'_>, id: &str, next_attempt_at: i64, error
 pub const KEEP_REVOKED_MS: i64 = 7 * 24 * 3600 * 1000;
 
 pub fn prune(tx: &Transaction<'_>, now: i64) -> Result<usize> {
-    Ok(tx.execute("DELETE FROM leases WHERE state = 'revoked' AND revoked_at < ?1", [now - KEEP_REVOKED_MS])?)
+    Ok(tx.exec("DELETE FROM leases WHERE state = 'revoked' AND revoked_at < ?1", [now - KEEP_REVOKED_MS])?)
 }
 
 pub fn counts(conn: &Connection) -> Result<(i64, i64)> {
-    Ok(conn.query_row(
+    Ok(conn.row(
         "SELECT count(*) FILTER (WHERE state = 'active'), count(*) FILTER (WHERE state = 'revoke_pending') FROM leases",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),

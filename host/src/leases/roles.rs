@@ -2,6 +2,7 @@
 //! it logs in with, TTLs and a lease quota. Parsed at the edge; the plugin
 //! itself checks the parameters (`check-role`) before a role is stored.
 
+use crate::store::Cached;
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::model::{SecretName, Ttl, now_millis, rfc3339};
@@ -235,7 +236,7 @@ pub fn plugin_users(conn: &Connection, plugin: &str, version: Option<i64>) -> Re
 /// Creates or replaces a role; a replaced role keeps its data key (its
 /// leases' handles are sealed under it).
 pub fn put(tx: &Transaction<'_>, keys: &Keys, role: &Role) -> Result<RoleRow> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO roles (name, plugin, plugin_version, plugin_sha256, params, grants, admin_secret,
              default_ttl, max_ttl, max_leases, dek_wrapped, dek_kek_id, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, x'', '', ?11, ?11)
@@ -256,10 +257,10 @@ pub fn put(tx: &Transaction<'_>, keys: &Keys, role: &Role) -> Result<RoleRow> {
         ],
     )?;
     let row = get(tx, &role.name)?;
-    let fresh: bool = tx.query_row("SELECT dek_kek_id = '' FROM roles WHERE id = ?1", [row.id], |r| r.get(0))?;
+    let fresh: bool = tx.row("SELECT dek_kek_id = '' FROM roles WHERE id = ?1", [row.id], |r| r.get(0))?;
     if fresh {
         let dek = DataKey::generate();
-        tx.execute(
+        tx.exec(
             "UPDATE roles SET dek_wrapped = ?1, dek_kek_id = ?2 WHERE id = ?3",
             params![keys.master.wrap(-row.id, &dek), keys.master.id(), row.id],
         )?;
@@ -271,13 +272,13 @@ pub fn put(tx: &Transaction<'_>, keys: &Keys, role: &Role) -> Result<RoleRow> {
 pub fn delete(tx: &Transaction<'_>, name: &str) -> Result<()> {
     let role = get(tx, name)?;
     let open: i64 =
-        tx.query_row("SELECT count(*) FROM leases WHERE role_id = ?1 AND state != 'revoked'", [role.id], |r| r.get(0))?;
+        tx.row("SELECT count(*) FROM leases WHERE role_id = ?1 AND state != 'revoked'", [role.id], |r| r.get(0))?;
     if open > 0 {
         return Err(Error::conflict(format!(
             "role '{name}' has {open} lease(s) not yet revoked; revoke them first (POST /v1/roles/{name}:revoke-all)"
         )));
     }
-    tx.execute("DELETE FROM roles WHERE id = ?1", [role.id])?;
+    tx.exec("DELETE FROM roles WHERE id = ?1", [role.id])?;
     Ok(())
 }
 
@@ -353,7 +354,7 @@ pub struct RoleView {
 
 pub fn view(conn: &Connection, r: &RoleRow) -> Result<RoleView> {
     let open_leases: i64 =
-        conn.query_row("SELECT count(*) FROM leases WHERE role_id = ?1 AND state != 'revoked'", [r.id], |x| x.get(0))?;
+        conn.row("SELECT count(*) FROM leases WHERE role_id = ?1 AND state != 'revoked'", [r.id], |x| x.get(0))?;
     let mut params: Value = serde_json::from_str(&r.params).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut params {
         map.remove("admin_secret");

@@ -15,7 +15,7 @@
 //! full commit. That is one fsync per rotation instead of four.
 
 use crate::error::{Error, Result};
-use crate::store::{Durability, Keys, Store};
+use crate::store::{Cached, Durability, Keys, Store};
 use rusqlite::Transaction;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -91,10 +91,12 @@ impl Committer {
 
 /// Runs `f` so that its changes are undone alone if it fails.
 fn in_savepoint<T>(tx: &Transaction<'_>, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-    tx.execute_batch("SAVEPOINT transition")?;
+    tx.exec("SAVEPOINT transition", [])?;
     let result = f(tx);
-    let end = if result.is_ok() { "RELEASE transition" } else { "ROLLBACK TO transition; RELEASE transition" };
-    tx.execute_batch(end)?;
+    if result.is_err() {
+        tx.exec("ROLLBACK TO transition", [])?;
+    }
+    tx.exec("RELEASE transition", [])?;
     result
 }
 

@@ -3,6 +3,7 @@
 //! params checked against the plugin's schema, grants), stored with the
 //! next due time the scheduler sleeps towards.
 
+use crate::store::Cached;
 use super::params;
 use super::schedule::{Schedule, Window};
 use super::state::{self, Pinned};
@@ -143,7 +144,7 @@ pub fn put(tx: &Transaction<'_>, secret: &SecretName, config: &RotationConfig) -
     let slot = config.schedule.next_slot(None, now);
     let due = slot.map(|t| config.window.due(t));
     let p = &config.pinned;
-    tx.execute(
+    tx.exec(
         "INSERT INTO rotation_configs (secret_id, plugin, plugin_version, plugin_sha256, schedule, window_ms, params,
              grants, max_attempts, next_slot, next_due, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
@@ -173,7 +174,7 @@ pub fn put(tx: &Transaction<'_>, secret: &SecretName, config: &RotationConfig) -
 /// already running ends normally (it carries its own copy of the config).
 pub fn remove(tx: &Transaction<'_>, secret: &SecretName) -> Result<()> {
     let s = secrets::live(tx, secret)?;
-    if tx.execute("DELETE FROM rotation_configs WHERE secret_id = ?1", [s.id])? == 0 {
+    if tx.exec("DELETE FROM rotation_configs WHERE secret_id = ?1", [s.id])? == 0 {
         return Err(not_configured(secret));
     }
     Ok(())
@@ -263,7 +264,7 @@ pub fn pinned(conn: &Connection, secret: &SecretName) -> Result<Pinned> {
 pub fn schedule_after_rotation(tx: &Transaction<'_>, secret_id: i64, fired: Option<i64>, now: i64) -> Result<()> {
     let Some(c) = load(tx, secret_id)? else { return Ok(()) };
     let (slot, due) = next_due(&c.schedule, c.window_ms, fired, now);
-    tx.execute(
+    tx.exec(
         "UPDATE rotation_configs SET next_slot = ?1, next_due = ?2 WHERE secret_id = ?3",
         params![slot, due, secret_id],
     )?;
@@ -304,7 +305,7 @@ pub fn claim_due(tx: &Transaction<'_>, now: i64, limit: usize) -> Result<Vec<Cla
         .collect::<rusqlite::Result<_>>()?;
     let mut claimed = Vec::with_capacity(due.len());
     for (secret_id, name, slot) in due {
-        tx.execute("UPDATE rotation_configs SET next_slot = NULL, next_due = NULL WHERE secret_id = ?1", [secret_id])?;
+        tx.exec("UPDATE rotation_configs SET next_slot = NULL, next_due = NULL WHERE secret_id = ?1", [secret_id])?;
         let Ok(secret) = SecretName::parse(&name) else { continue };
         let Some(c) = load(tx, secret_id)? else { continue };
         // A secret in its recovery window is not rotated; restoring it does

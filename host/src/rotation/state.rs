@@ -23,6 +23,7 @@
 //! the secret since, the rotation goes on only if `current` and `pending`
 //! are still where it left them, and stops as `superseded` otherwise).
 
+use crate::store::Cached;
 use crate::audit::{AuditLog, Entry, EntryKind};
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
@@ -117,7 +118,7 @@ pub fn start_break_glass(
         overtaken = Some(running);
     }
     let started = start(tx, secret, pinned, Trigger::BreakGlass, None)?;
-    tx.execute("UPDATE rotations SET reason = ?1 WHERE id = ?2", params![reason, started.rotation_id])?;
+    tx.exec("UPDATE rotations SET reason = ?1 WHERE id = ?2", params![reason, started.rotation_id])?;
     Ok(BrokenGlass { started, overtaken })
 }
 
@@ -278,7 +279,7 @@ pub fn start(
     let from_version = secrets::labeled(tx, s.id, Label::CURRENT)?;
     // Taking ownership of `pending` is a change of the secret's state.
     secrets::bump_generation(tx, &s, now)?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO rotations (id, secret_id, trigger, status, step, attempt, generation, from_version,
              plugin, plugin_version, plugin_sha256, params, grants, max_attempts, scheduled_for, created_at, updated_at)
          VALUES (?1, ?2, ?3, 'running', 'create', 0, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
@@ -457,7 +458,7 @@ fn begin_checked(tx: &Transaction<'_>, keys: &Keys, audit: &AuditLog, checked: C
     let Checked { mut row, secret, name } = checked;
     let now = now_millis();
     // An attempt that never finished was cut short by a crash.
-    let interrupted = tx.execute(
+    let interrupted = tx.exec(
         "UPDATE rotation_attempts SET finished_at = ?1, outcome = 'interrupted'
          WHERE rotation_id = ?2 AND finished_at IS NULL",
         params![now, row.id],
@@ -493,12 +494,12 @@ fn begin_checked(tx: &Transaction<'_>, keys: &Keys, audit: &AuditLog, checked: C
     row.retry_at = None;
     secrets::bump_generation(tx, &secret, now)?;
     row.generation = secret.generation + 1;
-    tx.execute(
+    tx.exec(
         "UPDATE rotations SET attempt = ?1, retry_at = NULL, generation = ?2, labels_moved = ?3, fell_off = ?4,
              updated_at = ?5 WHERE id = ?6",
         params![row.attempt, row.generation, row.labels_moved, row.fell_off, now, row.id],
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO rotation_attempts (rotation_id, seq, step, attempt, started_at)
          VALUES (?1, (SELECT coalesce(max(seq), 0) + 1 FROM rotation_attempts WHERE rotation_id = ?1), ?2, ?3, ?4)",
         params![row.id, row.step.as_str(), row.attempt, now],
@@ -572,7 +573,7 @@ pub fn advance(
             let version_id = secrets::insert_version(tx, keys, row.secret_id, &dek, &value, None, now)?;
             secrets::assign_label(tx, row.secret_id, &Label::parse(Label::PENDING)?, &version_id)?;
             secrets::prune_unlabeled(tx, row.secret_id)?;
-            tx.execute("UPDATE rotations SET pending_version = ?1 WHERE id = ?2", params![version_id, row.id])?;
+            tx.exec("UPDATE rotations SET pending_version = ?1 WHERE id = ?2", params![version_id, row.id])?;
             row.pending_version = Some(version_id);
             Ok(())
         }
@@ -591,7 +592,7 @@ pub fn advance(
             Some(step) => {
                 row.step = step;
                 row.attempt = 0;
-                tx.execute(
+                tx.exec(
                     "UPDATE rotations SET step = ?1, attempt = 0, updated_at = ?2 WHERE id = ?3",
                     params![step.as_str(), now, row.id],
                 )?;
@@ -602,7 +603,7 @@ pub fn advance(
         Err(f) if f.retryable && row.attempt < row.max_attempts => {
             let retry_at = now + backoff.delay_ms(row.attempt);
             store_error(tx, keys, &row, &f)?;
-            tx.execute(
+            tx.exec(
                 "UPDATE rotations SET retry_at = ?1, updated_at = ?2 WHERE id = ?3",
                 params![retry_at, now, row.id],
             )?;
@@ -636,13 +637,13 @@ fn end(
     error_code: Option<String>,
 ) -> Result<Next> {
     let now = now_millis();
-    tx.execute(
+    tx.exec(
         "UPDATE rotations SET status = ?1, error_code = coalesce(?2, error_code), retry_at = NULL,
              finished_at = ?3, updated_at = ?3 WHERE id = ?4",
         params![status.as_str(), error_code, now, row.id],
     )?;
     super::config::schedule_after_rotation(tx, row.secret_id, row.scheduled_for, now)?;
-    tx.execute(
+    tx.exec(
         "DELETE FROM rotations WHERE secret_id = ?1 AND status != 'running' AND id NOT IN
             (SELECT id FROM rotations WHERE secret_id = ?1 ORDER BY created_at DESC LIMIT ?2)",
         params![row.secret_id, KEEP_HISTORY],
@@ -700,7 +701,7 @@ fn record_attempt(
         error.map(|e| seal(tx, keys, row.secret_id, &format!("rotation:{}:{seq}:error", row.id), e)).transpose()?;
     let (ln, ls) = log_sealed.unzip();
     let (en, es) = error_sealed.unzip();
-    tx.execute(
+    tx.exec(
         "UPDATE rotation_attempts SET finished_at = ?1, outcome = ?2, log_nonce = ?3, log_sealed = ?4,
              error_nonce = ?5, error_sealed = ?6 WHERE rotation_id = ?7 AND seq = ?8",
         params![now_millis(), outcome, ln, ls, en, es, row.id, seq],
@@ -710,7 +711,7 @@ fn record_attempt(
 
 fn store_error(tx: &Transaction<'_>, keys: &Keys, row: &RotationRow, f: &Failure) -> Result<()> {
     let (nonce, sealed) = seal(tx, keys, row.secret_id, &format!("rotation:{}:error", row.id), &f.message)?;
-    tx.execute(
+    tx.exec(
         "UPDATE rotations SET error_code = ?1, error_nonce = ?2, error_sealed = ?3 WHERE id = ?4",
         params![f.code, nonce, sealed, row.id],
     )?;

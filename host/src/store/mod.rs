@@ -352,6 +352,33 @@ fn watch_auth_tables(writer: &mut Connection, touched: Arc<AtomicBool>) -> Resul
     Ok(())
 }
 
+/// Statements through the connection's prepared-statement cache. The hot
+/// paths (rotation transitions, lease marks, versions, audit records) run
+/// the same few dozen statements thousands of times a second, and parsing
+/// one again cost more than running it. Use these instead of `execute` and
+/// `query_row` on a connection or transaction.
+pub trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("storage task failed: {e}")))?
 }
@@ -359,8 +386,8 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // Room for every statement the hot paths prepare, so none is parsed twice.
-    conn.set_prepared_statement_cache_capacity(64);
+    // Room for every statement the server runs (see `Cached`), so none is parsed twice.
+    conn.set_prepared_statement_cache_capacity(256);
     // Plans fixed when a statement is prepared. Otherwise SQLite marks a
     // statement to be planned again whenever a bound value might change its
     // plan (any `column = ?` in a join), and rusqlite's clearing of bindings

@@ -1,5 +1,6 @@
 //! Policy rows: a name and its rules as JSON.
 
+use super::Cached;
 use crate::auth::Rule;
 use crate::error::{Error, Result};
 use crate::model::now_millis;
@@ -7,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 pub fn put(tx: &Transaction<'_>, name: &str, rules: &[Rule]) -> Result<()> {
     let json = serde_json::to_string(rules).map_err(|e| Error::internal(e.to_string()))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO policies (name, rules, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (name) DO UPDATE SET rules = excluded.rules, updated_at = excluded.updated_at",
         params![name, json, now_millis()],
@@ -31,5 +32,5 @@ pub fn list(conn: &Connection) -> Result<Vec<String>> {
 }
 
 pub fn delete(tx: &Transaction<'_>, name: &str) -> Result<bool> {
-    Ok(tx.execute("DELETE FROM policies WHERE name = ?1", [name])? == 1)
+    Ok(tx.exec("DELETE FROM policies WHERE name = ?1", [name])? == 1)
 }

@@ -3,6 +3,7 @@
 //! `previous`, unlabeled versions beyond 100 are pruned, client tokens make
 //! writes idempotent). Values are sealed here and nowhere else.
 
+use super::Cached;
 use super::Keys;
 use crate::crypto::{self, DataKey};
 use crate::error::{Error, Result};
@@ -124,13 +125,13 @@ pub fn create(tx: &Transaction<'_>, keys: &Keys, new: NewSecret) -> Result<Writt
     let now = now_millis();
     let dek = DataKey::generate();
     // The row id is needed in the wrapping AAD: insert, then seal the key.
-    tx.execute(
+    tx.exec(
         "INSERT INTO secrets (name, description, tags, dek_wrapped, dek_kek_id, created_at, updated_at)
          VALUES (?1, ?2, ?3, x'', '', ?4, ?4)",
         params![name, new.description, tags_json(&new.tags), now],
     )?;
     let id = tx.last_insert_rowid();
-    tx.execute(
+    tx.exec(
         "UPDATE secrets SET dek_wrapped = ?1, dek_kek_id = ?2 WHERE id = ?3",
         params![keys.master.wrap(id, &dek), keys.master.id(), id],
     )?;
@@ -183,10 +184,10 @@ pub fn move_label(tx: &Transaction<'_>, name: &SecretName, label: &Label, versio
 pub fn patch(tx: &Transaction<'_>, name: &SecretName, description: Option<String>, tags: Option<Tags>) -> Result<()> {
     let row = live(tx, name)?;
     if let Some(d) = description {
-        tx.execute("UPDATE secrets SET description = ?1 WHERE id = ?2", params![d, row.id])?;
+        tx.exec("UPDATE secrets SET description = ?1 WHERE id = ?2", params![d, row.id])?;
     }
     if let Some(t) = tags {
-        tx.execute("UPDATE secrets SET tags = ?1 WHERE id = ?2", params![tags_json(&t), row.id])?;
+        tx.exec("UPDATE secrets SET tags = ?1 WHERE id = ?2", params![tags_json(&t), row.id])?;
     }
     bump_generation(tx, &row, now_millis())
 }
@@ -306,14 +307,14 @@ pub fn soft_delete(tx: &Transaction<'_>, name: &SecretName, days: RecoveryDays) 
     let row = live(tx, name)?;
     let now = now_millis();
     let purge_at = now + days.millis();
-    tx.execute("UPDATE secrets SET deleted_at = ?1, purge_at = ?2 WHERE id = ?3", params![now, purge_at, row.id])?;
+    tx.exec("UPDATE secrets SET deleted_at = ?1, purge_at = ?2 WHERE id = ?3", params![now, purge_at, row.id])?;
     bump_generation(tx, &row, now)?;
     Ok(rfc3339(purge_at))
 }
 
 pub fn force_delete(tx: &Transaction<'_>, name: &SecretName) -> Result<()> {
     let row = find(tx, name.as_str())?.ok_or_else(|| not_found(name))?;
-    tx.execute("DELETE FROM secrets WHERE id = ?1", [row.id])?;
+    tx.exec("DELETE FROM secrets WHERE id = ?1", [row.id])?;
     Ok(())
 }
 
@@ -322,13 +323,13 @@ pub fn restore(tx: &Transaction<'_>, name: &SecretName) -> Result<()> {
     if row.deleted_at.is_none() {
         return Err(Error::conflict(format!("secret '{name}' is not deleted; nothing to restore")));
     }
-    tx.execute("UPDATE secrets SET deleted_at = NULL, purge_at = NULL WHERE id = ?1", [row.id])?;
+    tx.exec("UPDATE secrets SET deleted_at = NULL, purge_at = NULL WHERE id = ?1", [row.id])?;
     bump_generation(tx, &row, now_millis())
 }
 
 /// Removes secrets whose recovery window has ended. Returns how many.
 pub fn purge_expired(tx: &Transaction<'_>, now: i64) -> Result<usize> {
-    Ok(tx.execute("DELETE FROM secrets WHERE purge_at IS NOT NULL AND purge_at <= ?1", [now])?)
+    Ok(tx.exec("DELETE FROM secrets WHERE purge_at IS NOT NULL AND purge_at <= ?1", [now])?)
 }
 
 /// Rewraps every data key under `new` in the caller's transaction.
@@ -453,12 +454,12 @@ pub(crate) fn insert_version(
         Some(t) => (Some(token_mac(keys, secret_id, t)), Some(value_mac(keys, secret_id, value))),
         None => (None, None),
     };
-    let seq: i64 = tx.query_row(
+    let seq: i64 = tx.row(
         "UPDATE secrets SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
         [secret_id],
         |r| r.get(0),
     )?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO versions (id, secret_id, seq, nonce, ciphertext, client_token_mac, value_mac, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![version_id, secret_id, seq, nonce, ciphertext, token_mac, value_mac, now],
@@ -531,7 +532,7 @@ pub(crate) fn assign_label(tx: &Transaction<'_>, secret_id: i64, label: &Label, 
 }
 
 fn set_label(tx: &Transaction<'_>, secret_id: i64, label: &str, version_id: &str) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO labels (secret_id, label, version_id) VALUES (?1, ?2, ?3)
          ON CONFLICT (secret_id, label) DO UPDATE SET version_id = excluded.version_id",
         params![secret_id, label, version_id],
@@ -540,7 +541,7 @@ fn set_label(tx: &Transaction<'_>, secret_id: i64, label: &str, version_id: &str
 }
 
 pub(crate) fn prune_unlabeled(tx: &Transaction<'_>, secret_id: i64) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "DELETE FROM versions WHERE id IN (
             SELECT v.id FROM versions v
             WHERE v.secret_id = ?1
@@ -554,7 +555,7 @@ pub(crate) fn prune_unlabeled(tx: &Transaction<'_>, secret_id: i64) -> Result<()
 /// The compare-and-set every change ends with: it fails if anyone changed
 /// the secret since `row` was read.
 pub(crate) fn bump_generation(tx: &Transaction<'_>, row: &SecretRow, now: i64) -> Result<()> {
-    let n = tx.execute(
+    let n = tx.exec(
         "UPDATE secrets SET generation = generation + 1, updated_at = ?1 WHERE id = ?2 AND generation = ?3",
         params![now, row.id, row.generation],
     )?;
@@ -566,7 +567,7 @@ pub(crate) fn bump_generation(tx: &Transaction<'_>, row: &SecretRow, now: i64) -
 
 /// Removes `label` from the secret if it points at `version_id`.
 pub(crate) fn remove_label(tx: &Transaction<'_>, secret_id: i64, label: &str, version_id: &str) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "DELETE FROM labels WHERE secret_id = ?1 AND label = ?2 AND version_id = ?3",
         params![secret_id, label, version_id],
     )?;
@@ -576,7 +577,7 @@ pub(crate) fn remove_label(tx: &Transaction<'_>, secret_id: i64, label: &str, ve
 /// Deletes a version that no label points at any more (a failed
 /// rotation's pending value); a labeled one is left alone.
 pub(crate) fn drop_unlabeled_version(tx: &Transaction<'_>, secret_id: i64, version_id: &str) -> Result<bool> {
-    let n = tx.execute(
+    let n = tx.exec(
         "DELETE FROM versions WHERE secret_id = ?1 AND id = ?2
            AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.version_id = versions.id)",
         params![secret_id, version_id],

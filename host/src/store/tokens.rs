@@ -1,5 +1,6 @@
 //! Token rows. Only the SHA-256 of a token is stored.
 
+use super::Cached;
 use crate::error::Result;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
@@ -35,7 +36,7 @@ pub struct NewToken<'a> {
 }
 
 pub fn insert(tx: &Transaction<'_>, t: &NewToken<'_>) -> Result<()> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO tokens (id, name, hash, policies, parent_id, created_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -71,7 +72,7 @@ pub fn by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<TokenRow>> {
 /// Revokes a token and every token minted from it. Returns how many rows changed,
 /// or `None` if no token has that id.
 pub fn revoke_tree(tx: &Transaction<'_>, id: &str, now: i64) -> Result<Option<usize>> {
-    let exists: Option<i64> = tx.query_row("SELECT 1 FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?;
+    let exists: Option<i64> = tx.row("SELECT 1 FROM tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?;
     if exists.is_none() {
         return Ok(None);
     }
@@ -85,7 +86,7 @@ pub fn revoke_tree(tx: &Transaction<'_>, id: &str, now: i64) -> Result<Option<us
         .collect::<rusqlite::Result<_>>()?;
     let mut n = 0;
     for t in &tree {
-        n += tx.execute("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![t, now])?;
+        n += tx.exec("UPDATE tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![t, now])?;
     }
     // A revoked token's leases go with it (the sweeper revokes them at the target).
     crate::leases::lease::mark_tokens(tx, &tree, now)?;
