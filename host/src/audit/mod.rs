@@ -8,15 +8,18 @@
 //! after its record is committed). If a record cannot be written, the
 //! caller gets `unavailable` (503) and nothing else changes.
 //!
-//! Durability: a mutation's record, and every record that is not about a
-//! read-only request (rotation steps, lease and plugin events, refused or
-//! unrecorded mutating requests), is on disk (fsynced) before anyone hears
-//! back. The record of a read-only request (GET, HEAD, OPTIONS) is in the
-//! WAL before its response is sent, which survives a crash or kill of the
-//! process, and on disk within [`batch::SYNC_EVERY`] (or at the next fsynced
-//! commit, if sooner): a power cut or kernel crash can lose at most the
-//! last second of read records, never a mutation's, and what it loses is a
-//! suffix of the chain, so `audit verify` still passes on what remains.
+//! Durability: a mutation's record (in the mutation's transaction) and the
+//! record of a refused mutating request are on disk (fsynced) before the
+//! caller hears back. Records of what has already happened and cannot be
+//! taken back commit to the WAL (`synchronous=NORMAL`) before the caller
+//! goes on: a read-only request's (GET, HEAD, OPTIONS; its body is sent
+//! only after), a plugin capability call's (the plugin sees the result only
+//! after), and those of rotation transitions a restart redoes. A crash or
+//! kill of the process loses none of them; they reach the disk within
+//! [`batch::SYNC_EVERY`] or with the next fsynced commit, whichever is
+//! first, so a power cut or kernel crash can lose at most the last second
+//! of them, never a mutation's, and what it loses is a suffix of the
+//! chain, so `audit verify` still passes on what remains.
 //!
 //! Records never hold a secret value or a token: only names, ids, the
 //! action, the outcome and short non-secret details.

@@ -8,6 +8,7 @@ pub mod secrets;
 pub mod sql;
 pub mod ssh;
 
+use crate::store::Durability;
 use super::bindings::tumbler::rotator::types::{ErrorKind, HostError, SecretRef};
 use super::runtime::PluginState;
 use crate::error::{Error, Result};
@@ -274,7 +275,10 @@ impl PluginState {
         });
         async move {
             if let Some((audit, entry)) = record {
-                if let Err(e) = audit.append(entry).await {
+                // The call is made: its record commits to the WAL before the
+                // plugin sees the result, and reaches the disk within a
+                // second (see the audit module's durability note).
+                if let Err(e) = audit.append_with(entry, Durability::Normal).await {
                     return Err(host_error(
                         ErrorKind::Host,
                         format!("the audit log is unavailable ({e}); the call's result is withheld"),
