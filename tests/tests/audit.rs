@@ -594,7 +594,8 @@ async fn a_read_answered_before_the_server_is_killed_keeps_its_record() {
     inst.kill();
 
     let conn = db(&inst.data_dir);
-    let mut stmt = conn.prepare("SELECT request_id, action, status FROM audit WHERE request_id LIKE 'before-kill-%'").unwrap();
+    let mut stmt =
+        conn.prepare("SELECT request_id, action, status FROM audit WHERE request_id LIKE 'before-kill-%'").unwrap();
     let rows: Vec<(String, String, i64)> =
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
     drop(stmt);

@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use tumbler::crypto::MasterKey;
+use tumbler::model::{Label, SecretName, SecretValue};
 use tumbler::plugins::bindings::tumbler::rotator::types::{StepInput, Version};
 use tumbler::plugins::cache::ComponentCache;
 use tumbler::plugins::capabilities::GrantsSpec;
 use tumbler::plugins::{CallContext, LoadedPlugin, Runtime, RuntimeLimits, Step, StepOutcome};
-use tumbler::model::{Label, SecretName, SecretValue};
 use tumbler::store::Store;
 use tumbler::store::secrets::{self, NewSecret, Tags};
 use tumbler_tests::servers::{Mariadb, Postgres, Sshd, ssh_keypair, ssh_keypair_of_type};
@@ -293,7 +293,8 @@ async fn put_secret(store: &Store, name: &str, value: &Value) {
             let value = SecretValue::parse(Zeroizing::new(value))?;
             match secrets::put_version(tx, keys, &name, &value, None, &[Label::current()]) {
                 Err(e) if e.kind == tumbler::error::Kind::NotFound => {
-                    let new = NewSecret { name, value, description: String::new(), tags: Tags::new(), client_token: None };
+                    let new =
+                        NewSecret { name, value, description: String::new(), tags: Tags::new(), client_token: None };
                     secrets::create(tx, keys, new)
                 }
                 other => other,
@@ -345,11 +346,8 @@ async fn postgres_sessions_of_a_granted_admin_secret_are_reused_reset_and_never_
     put_secret(&store, "db/admin", &json!({"username": "pool_admin", "password": "second-password"})).await;
     let after = first_row(&grants, &store, &target, "db/admin", fresh).await;
     assert_ne!(after[0], first[0], "the session of the old password was reused");
-    let logins: i64 = pg
-        .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pool_admin'")
-        .trim()
-        .parse()
-        .expect("count");
+    let logins: i64 =
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pool_admin'").trim().parse().expect("count");
     assert!(logins <= 2, "idle admin sessions pile up: {logins}");
 }
 

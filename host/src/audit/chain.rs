@@ -157,10 +157,8 @@ impl Head {
 /// Reads the head; `None` if it is missing (the store predates the audit
 /// log, or someone removed it).
 pub fn head(conn: &Connection) -> Result<Option<Head>> {
-    let text: Option<String> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-        .query_row([HEAD_KEY], |r| r.get(0))
-        .optional()?;
+    let text: Option<String> =
+        conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?.query_row([HEAD_KEY], |r| r.get(0)).optional()?;
     match text {
         None => Ok(None),
         Some(t) => Head::decode(&t)

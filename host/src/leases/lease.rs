@@ -3,10 +3,10 @@
 //! count it), `active` once the credential exists, `revoke_pending` from
 //! the moment it must go until the target confirms, then `revoked`.
 
-use crate::store::Cached;
 use super::roles::{self, RoleRow};
 use crate::error::{Error, Result};
 use crate::model::rfc3339;
+use crate::store::Cached;
 use crate::store::Keys;
 use rand::RngCore;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -85,11 +85,10 @@ pub struct Holder<'a> {
 /// Reserves a lease (state `issuing`) within the role's and the token's
 /// quotas; its end never passes the role's max TTL nor the token's expiry.
 pub fn reserve(tx: &Transaction<'_>, role: &RoleRow, holder: &Holder<'_>, ttl_ms: i64, now: i64) -> Result<LeaseRow> {
-    let role_open: i64 = tx.row(
-        "SELECT count(*) FROM leases WHERE role_id = ?1 AND state IN ('issuing', 'active')",
-        [role.id],
-        |r| r.get(0),
-    )?;
+    let role_open: i64 =
+        tx.row("SELECT count(*) FROM leases WHERE role_id = ?1 AND state IN ('issuing', 'active')", [role.id], |r| {
+            r.get(0)
+        })?;
     if role_open >= i64::from(role.max_leases) {
         return Err(Error::conflict(format!(
             "role '{}' has {role_open} open leases, its limit (max_leases {}); revoke some or raise the limit",
@@ -194,8 +193,7 @@ pub fn handle(conn: &Connection, keys: &Keys, lease: &LeaseRow) -> Result<Zeroiz
 }
 
 pub fn set_expiry(tx: &Transaction<'_>, id: &str, expires_at: i64) -> Result<()> {
-    let n =
-        tx.exec("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'", params![id, expires_at])?;
+    let n = tx.exec("UPDATE leases SET expires_at = ?2 WHERE id = ?1 AND state = 'active'", params![id, expires_at])?;
     if n != 1 {
         return Err(Error::conflict(format!("lease '{id}' is no longer active")));
     }

@@ -2,13 +2,13 @@
 //! it logs in with, TTLs and a lease quota. Parsed at the edge; the plugin
 //! itself checks the parameters (`check-role`) before a role is stored.
 
-use crate::store::Cached;
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::model::{SecretName, Ttl, now_millis, rfc3339};
 use crate::plugins::capabilities::{Grants, GrantsSpec};
 use crate::plugins::registry::Registry;
 use crate::plugins::{CallContext, PluginErrorKind};
+use crate::store::Cached;
 use crate::store::Keys;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};

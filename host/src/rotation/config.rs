@@ -3,7 +3,6 @@
 //! params checked against the plugin's schema, grants), stored with the
 //! next due time the scheduler sleeps towards.
 
-use crate::store::Cached;
 use super::params;
 use super::schedule::{Schedule, Window};
 use super::state::{self, Pinned};
@@ -11,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::model::{SecretName, now_millis, rfc3339};
 use crate::plugins::capabilities::GrantsSpec;
 use crate::plugins::registry::Registry;
+use crate::store::Cached;
 use crate::store::secrets;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};

@@ -23,12 +23,12 @@
 //! the secret since, the rotation goes on only if `current` and `pending`
 //! are still where it left them, and stops as `superseded` otherwise).
 
-use crate::store::Cached;
 use crate::audit::{AuditLog, Entry, EntryKind};
 use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::model::{Label, SecretName, SecretValue, now_millis, rfc3339};
 use crate::plugins::Step;
+use crate::store::Cached;
 use crate::store::Keys;
 use crate::store::secrets::{self, SecretRow, Selector};
 use rand::RngCore;

@@ -205,10 +205,9 @@ pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selec
     let found = match sel {
         // Cached statements: a read is a few index lookups, and parsing the
         // SQL again would cost more than running it.
-        Selector::Label(label) => conn
-            .prepare_cached(VALUE_BY_LABEL)?
-            .query_row(params![row.id, label.as_str()], version_cols)
-            .optional()?,
+        Selector::Label(label) => {
+            conn.prepare_cached(VALUE_BY_LABEL)?.query_row(params![row.id, label.as_str()], version_cols).optional()?
+        }
         Selector::Version(id) => {
             conn.prepare_cached(VALUE_BY_VERSION)?.query_row(params![row.id, id], version_cols).optional()?
         }
@@ -423,9 +422,8 @@ pub(crate) fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
 }
 
 pub(crate) fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey> {
-    let (wrapped, kek_id): (Vec<u8>, String) = conn
-        .prepare_cached(DATA_KEY)?
-        .query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (wrapped, kek_id): (Vec<u8>, String) =
+        conn.prepare_cached(DATA_KEY)?.query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if kek_id != keys.master.id() {
         return Err(Error::internal(format!(
             "the data key of secret row {secret_id} is wrapped by master key {kek_id}, not the loaded key {}",
@@ -454,11 +452,10 @@ pub(crate) fn insert_version(
         Some(t) => (Some(token_mac(keys, secret_id, t)), Some(value_mac(keys, secret_id, value))),
         None => (None, None),
     };
-    let seq: i64 = tx.row(
-        "UPDATE secrets SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1",
-        [secret_id],
-        |r| r.get(0),
-    )?;
+    let seq: i64 =
+        tx.row("UPDATE secrets SET next_seq = next_seq + 1 WHERE id = ?1 RETURNING next_seq - 1", [secret_id], |r| {
+            r.get(0)
+        })?;
     tx.exec(
         "INSERT INTO versions (id, secret_id, seq, nonce, ciphertext, client_token_mac, value_mac, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

@@ -8,11 +8,11 @@ pub mod secrets;
 pub mod sql;
 pub mod ssh;
 
-use crate::store::Durability;
 use super::bindings::tumbler::rotator::types::{ErrorKind, HostError, SecretRef};
 use super::runtime::PluginState;
 use crate::error::{Error, Result};
 use crate::model::SecretName;
+use crate::store::Durability;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
