@@ -20,7 +20,7 @@ use tumbler::plugins::{Runtime, RuntimeLimits, Step, builtin};
 use tumbler::rotation::config::{self, ConfigRequest, RotationConfig};
 use tumbler::rotation::{Engine, Settings};
 use tumbler::store::Store;
-use tumbler::store::secrets::{self, NewSecret, Tags};
+use tumbler::store::secrets::{self, NewSecret};
 use zeroize::Zeroizing;
 
 /// Opens the store of an initialised (not served) data dir with the key
@@ -65,13 +65,7 @@ pub async fn populate(store: &Store, prefix: &str, n: usize, config: Option<Arc<
                     let name = SecretName::parse(&numbered(&prefix, i))?;
                     let value =
                         SecretValue::parse(Zeroizing::new(format!(r#"{{"username":"u{i}","password":"p{i}"}}"#)))?;
-                    let new = NewSecret {
-                        name: name.clone(),
-                        value,
-                        description: String::new(),
-                        tags: Tags::new(),
-                        client_token: None,
-                    };
+                    let new = NewSecret::new(name.clone(), value);
                     secrets::create(tx, keys, new)?;
                     if let Some(config) = &config {
                         config::put(tx, &name, config)?;

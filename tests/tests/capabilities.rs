@@ -16,7 +16,7 @@ use tumbler::plugins::cache::ComponentCache;
 use tumbler::plugins::capabilities::GrantsSpec;
 use tumbler::plugins::{CallContext, LoadedPlugin, Runtime, RuntimeLimits, Step, StepOutcome};
 use tumbler::store::Store;
-use tumbler::store::secrets::{self, NewSecret, Tags};
+use tumbler::store::secrets::{self, NewSecret};
 use tumbler_tests::servers::{Mariadb, Postgres, Sshd, ssh_keypair, ssh_keypair_of_type};
 use tumbler_tests::workspace_root;
 use zeroize::Zeroizing;
@@ -276,15 +276,6 @@ async fn postgres_wrong_password_is_auth() {
     assert!(!message.contains("not-the-password"), "{message}");
 }
 
-/// A store holding `secrets` (name, JSON value), for `from-secret(named(..))`.
-async fn store_with(secrets: &[(&str, Value)]) -> (tempfile::TempDir, Store) {
-    let (dir, store) = test_store();
-    for (name, value) in secrets {
-        put_secret(&store, name, value).await;
-    }
-    (dir, store)
-}
-
 /// Creates secret `name`, or adds `value` to it as its new current version.
 async fn put_secret(store: &Store, name: &str, value: &Value) {
     let (name, value) = (SecretName::parse(name).expect("secret name"), value.to_string());
@@ -293,8 +284,7 @@ async fn put_secret(store: &Store, name: &str, value: &Value) {
             let value = SecretValue::parse(Zeroizing::new(value))?;
             match secrets::put_version(tx, keys, &name, &value, None, &[Label::current()]) {
                 Err(e) if e.kind == tumbler::error::Kind::NotFound => {
-                    let new =
-                        NewSecret { name, value, description: String::new(), tags: Tags::new(), client_token: None };
+                    let new = NewSecret::new(name, value);
                     secrets::create(tx, keys, new)
                 }
                 other => other,
@@ -304,8 +294,18 @@ async fn put_secret(store: &Store, name: &str, value: &Value) {
         .expect("store the secret");
 }
 
+/// A store whose secret `db/admin` holds `pool_admin`'s first password, and
+/// grants for the database at `addr` and that secret.
+async fn admin_secret_granted(addr: String) -> (tempfile::TempDir, Store, Value) {
+    let (dir, store) = test_store();
+    put_secret(&store, "db/admin", &json!({"username": "pool_admin", "password": "first-password"})).await;
+    (dir, store, json!({"sql": [addr], "secrets": ["db/admin"]}))
+}
+
 /// Runs `statement` through the probe logged in with `secret`'s
-/// credentials and returns its first row.
+/// credentials and returns its first row. The rotated secret's `current`
+/// version holds the very credentials of `db/admin`, so a `current` login
+/// could take an idle admin session if the pool keyed on credentials alone.
 async fn first_row(grants: &Value, store: &Store, target: &Value, secret: &str, statement: &str) -> Vec<Value> {
     let outcome = Call::granting(grants.clone())
         .store(store)
@@ -320,9 +320,7 @@ async fn first_row(grants: &Value, store: &Store, target: &Value, secret: &str, 
 async fn postgres_sessions_of_a_granted_admin_secret_are_reused_reset_and_never_for_other_logins() {
     let pg = Postgres::start();
     pg.psql("CREATE ROLE pool_admin LOGIN PASSWORD 'first-password'");
-    let admin = json!({"username": "pool_admin", "password": "first-password"});
-    let (_dir, store) = store_with(&[("db/admin", admin)]).await;
-    let grants = json!({"sql": [pg.addr()], "secrets": ["db/admin"]});
+    let (_dir, store, grants) = admin_secret_granted(pg.addr()).await;
     let target = json!({"host": "127.0.0.1", "port": pg.port, "database": "postgres"});
 
     // A session that changes its settings, then one more call: the same
@@ -341,7 +339,8 @@ async fn postgres_sessions_of_a_granted_admin_secret_are_reused_reset_and_never_
     assert_ne!(current[0], first[0], "the current version's login took the admin secret's session");
 
     // A new admin password never finds the old password's session, and
-    // the old session goes no further once the password is changed.
+    // idle sessions do not pile up: the old password's (until pruned) and
+    // the new one's are all that stay logged in.
     pg.psql("ALTER ROLE pool_admin PASSWORD 'second-password'");
     put_secret(&store, "db/admin", &json!({"username": "pool_admin", "password": "second-password"})).await;
     let after = first_row(&grants, &store, &target, "db/admin", fresh).await;
@@ -355,9 +354,7 @@ async fn postgres_sessions_of_a_granted_admin_secret_are_reused_reset_and_never_
 async fn mariadb_sessions_of_a_granted_admin_secret_are_reused_and_reset() {
     let db = Mariadb::start();
     db.sql("CREATE USER pool_admin@'%' IDENTIFIED BY 'first-password'");
-    let admin = json!({"username": "pool_admin", "password": "first-password"});
-    let (_dir, store) = store_with(&[("db/admin", admin)]).await;
-    let grants = json!({"sql": [db.addr()], "secrets": ["db/admin"]});
+    let (_dir, store, grants) = admin_secret_granted(db.addr()).await;
     let target = json!({"engine": "mysql", "host": "127.0.0.1", "port": db.port});
 
     let first = first_row(&grants, &store, &target, "db/admin", "SELECT CONNECTION_ID(), @leak := 'x'").await;

@@ -23,7 +23,7 @@ use tumbler::plugins::cache::ComponentCache;
 use tumbler::plugins::capabilities::GrantsSpec;
 use tumbler::plugins::{CallContext, LoadedPlugin, Runtime, RuntimeLimits, Step, StepOutcome};
 use tumbler::store::Store;
-use tumbler::store::secrets::{self as store_secrets, NewSecret, Tags};
+use tumbler::store::secrets::{self as store_secrets, NewSecret};
 use tumbler_tests::apikey_provider::ApiKeyProvider;
 use tumbler_tests::servers::{Mariadb, Postgres, Sshd, ssh_keypair};
 use tumbler_tests::{Client, Instance, secret_path, workspace_root};
@@ -77,13 +77,7 @@ impl Granted {
             let (name, value) = (name.to_string(), value.to_string());
             store
                 .write(move |tx, keys| {
-                    let new = NewSecret {
-                        name: SecretName::parse(&name)?,
-                        value: SecretValue::parse(Zeroizing::new(value))?,
-                        description: String::new(),
-                        tags: Tags::new(),
-                        client_token: None,
-                    };
+                    let new = NewSecret::new(SecretName::parse(&name)?, SecretValue::parse(Zeroizing::new(value))?);
                     store_secrets::create(tx, keys, new)
                 })
                 .await
@@ -783,6 +777,7 @@ async fn postgres_single_user_set_with_a_stale_current_password_changes_nothing_
         "{}",
         error.message
     );
+    assert!(error.message.contains("store the one it accepts as a new current version"), "{}", error.message);
     assert!(pg_logs_in(&pg, "app", "the real one"), "the password was changed anyway");
 }
 

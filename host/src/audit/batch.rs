@@ -9,7 +9,7 @@
 use super::{Entry, Writer};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::metrics;
-use crate::store::{Durability, Store};
+use crate::store::Durability;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -30,9 +30,28 @@ pub struct Pending {
     pub done: oneshot::Sender<Result<()>>,
 }
 
+/// Writes batches until every `AuditLog` is gone, and between them syncs
+/// the WAL every [`SYNC_EVERY`] while relaxed commits (any writer's) wait
+/// for it. A failed sync is logged and retried: those commits are made,
+/// only their survival of a power cut is in doubt.
 pub async fn run(writer: Arc<Writer>, mut queue: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut sync = tokio::time::interval(SYNC_EVERY);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // recv_many is cancel-safe: a tick loses no queued record.
+        let received = tokio::select! {
+            n = queue.recv_many(&mut batch, MAX_BATCH) => n,
+            _ = sync.tick() => {
+                if let Err(e) = writer.store.sync_wal().await {
+                    tracing::error!(error = %e.message(), "relaxed commits are not yet on disk");
+                }
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         let entries: Vec<Entry> = batch.iter_mut().map(|p| std::mem::take(&mut p.entry)).collect();
         metrics().audit_batch_records.observe(&[], entries.len() as f64);
         let durability = batch_durability(&batch);
@@ -60,19 +79,5 @@ fn batch_durability(batch: &[Pending]) -> Durability {
     match batch.iter().all(|p| p.durability == Durability::Normal) {
         true => Durability::Normal,
         false => Durability::Full,
-    }
-}
-
-/// Syncs the WAL every [`SYNC_EVERY`] while relaxed commits are waiting for
-/// it, until the store is gone. A failure is logged and retried: the
-/// records are committed, only their survival of a power cut is in doubt.
-pub async fn sync_wal(store: Store) {
-    let mut tick = tokio::time::interval(SYNC_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = store.sync_wal().await {
-            tracing::error!(error = %e.message(), "audit records of reads are not yet on disk");
-        }
     }
 }

@@ -175,7 +175,6 @@ impl AuditLog {
     /// Starts the group-commit task.
     pub fn start(store: Store, sink: Option<FileSink>, alerts: Alerts) -> AuditLog {
         let (queue, receiver) = mpsc::channel(batch::QUEUE);
-        tokio::spawn(batch::sync_wal(store.clone()));
         let writer = Arc::new(Writer { store, sink, alerts, last_alert: AtomicI64::new(i64::MIN) });
         tokio::spawn(batch::run(writer.clone(), receiver));
         AuditLog { writer, queue }

@@ -7,7 +7,7 @@ use crate::audit::AuditLog;
 use crate::error::Kind;
 use crate::model::{Label, SecretName, SecretValue};
 use crate::plugins::Step;
-use crate::store::secrets::{self, NewSecret, Selector, Tags};
+use crate::store::secrets::{self, NewSecret, Selector};
 use crate::store::{Store, test_store};
 use zeroize::Zeroizing;
 
@@ -36,13 +36,7 @@ async fn setup() -> (tempfile::TempDir, Store, AuditLog) {
     let (dir, store) = test_store();
     store
         .write(|tx, keys| {
-            let new = NewSecret {
-                name: name(),
-                value: value("v0"),
-                description: String::new(),
-                tags: Tags::new(),
-                client_token: None,
-            };
+            let new = NewSecret::new(name(), value("v0"));
             secrets::create(tx, keys, new).map(|_| ())
         })
         .await

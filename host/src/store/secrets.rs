@@ -77,6 +77,14 @@ pub struct NewSecret {
     pub client_token: Option<ClientToken>,
 }
 
+impl NewSecret {
+    /// A secret with just a name and a value: no description, tags or
+    /// client token.
+    pub fn new(name: SecretName, value: SecretValue) -> NewSecret {
+        NewSecret { name, value, description: String::new(), tags: Tags::new(), client_token: None }
+    }
+}
+
 pub(crate) struct SecretRow {
     pub(crate) id: i64,
     pub(crate) generation: i64,
@@ -626,13 +634,7 @@ mod tests {
         let (_dir, store) = test_store();
         let version = store
             .write(|tx, k| {
-                let new = NewSecret {
-                    name: name("app/db"),
-                    value: value("v0"),
-                    description: String::new(),
-                    tags: Tags::new(),
-                    client_token: None,
-                };
+                let new = NewSecret::new(name("app/db"), value("v0"));
                 create(tx, k, new)?;
                 put_version(tx, k, &name("app/db"), &value("v1"), None, &[Label::current()])
             })
@@ -662,13 +664,7 @@ mod tests {
         let (_dir, store) = test_store();
         store
             .write(|tx, k| {
-                let new = NewSecret {
-                    name: name("p"),
-                    value: value("v0"),
-                    description: String::new(),
-                    tags: Tags::new(),
-                    client_token: None,
-                };
+                let new = NewSecret::new(name("p"), value("v0"));
                 create(tx, k, new)?;
                 for i in 0..150 {
                     put_version(tx, k, &name("p"), &value(&format!("v{i}")), None, &[])?;
@@ -687,13 +683,7 @@ mod tests {
         let (_dir, store) = test_store();
         let (first, second) = store
             .write(|tx, k| {
-                let new = NewSecret {
-                    name: name("m"),
-                    value: value("one"),
-                    description: String::new(),
-                    tags: Tags::new(),
-                    client_token: None,
-                };
+                let new = NewSecret::new(name("m"), value("one"));
                 let a = create(tx, k, new)?.version_id;
                 let b = put_version(tx, k, &name("m"), &value("two"), None, &[Label::current()])?.version_id;
                 Ok((a, b))

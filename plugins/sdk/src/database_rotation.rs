@@ -235,7 +235,9 @@ pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
                 }
                 // Retried, as any refused login: the database may be mid-failover.
                 return Err(StepError::Retryable(format!(
-                    "auth: the database refuses both the current and the pending password of user {:?}",
+                    "auth: the database refuses both the current and the pending password of user {:?}; \
+                     if its password was changed outside tumbler, store the one it accepts as a new current \
+                     version of the secret",
                     current.username
                 )));
             };
