@@ -41,6 +41,7 @@ pub mod dynamic_bindings {
             "tumbler:rotator/sql": super::bindings::tumbler::rotator::sql,
             "tumbler:rotator/ssh": super::bindings::tumbler::rotator::ssh,
             "tumbler:rotator/http": super::bindings::tumbler::rotator::http,
+            "tumbler:rotator/crypto": super::bindings::tumbler::rotator::crypto,
         },
     });
 }

@@ -281,14 +281,14 @@ impl Runtime {
         let instance_pre = self.linker.instantiate_pre(component).map_err(|e| {
             PluginError::new(
                 PluginErrorKind::Invalid,
-                format!("the component imports something tumbler does not provide (only tumbler:rotator@0.1.0 and WASI): {e:#}"),
+                format!("the component imports something tumbler does not provide (only tumbler:rotator@0.1.x up to 0.1.1, and WASI): {e:#}"),
             )
         })?;
         let dynamic_pre = DynamicRotatorPre::new(instance_pre.clone()).ok();
         let pre = RotatorPre::new(instance_pre).map_err(|e| {
             PluginError::new(
                 PluginErrorKind::Invalid,
-                format!("the component does not implement the tumbler:rotator@0.1.0 world `rotator`: {e:#}"),
+                format!("the component does not implement the tumbler:rotator@0.1 world `rotator`: {e:#}"),
             )
         })?;
         let mut plugin = LoadedPlugin { sha256: sha256.to_owned(), info: empty_info(), from_cache, pre, dynamic_pre };
@@ -303,7 +303,7 @@ impl Runtime {
         if plugin.info.dynamic && plugin.dynamic_pre.is_none() {
             return Err(PluginError::new(
                 PluginErrorKind::Invalid,
-                "the plugin says it is dynamic but does not export tumbler:rotator/dynamic@0.1.0",
+                "the plugin says it is dynamic but does not export tumbler:rotator/dynamic@0.1",
             ));
         }
         if !plugin.info.dynamic {

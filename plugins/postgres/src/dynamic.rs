@@ -103,7 +103,8 @@ mod tests {
     #[test]
     fn the_password_is_expanded_as_its_verifier() {
         let role = Role::parse::<Leases>("orders", PARAMS).unwrap();
-        let verifier = Leases::stored_password("Plaintext123").unwrap();
+        // `stored_password` is `scram::verifier`, whose PBKDF2 is the host's.
+        let verifier = scram::verifier_without_host("Plaintext123", b"sixteen byte sal");
         let values =
             Values { name: "v_orders_k3j9x8q2m1", password: Some(&verifier), expiration: Some("2030-01-02T03:04:05Z") };
         let statement = role.creation[0].expand(&values).unwrap();

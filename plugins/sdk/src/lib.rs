@@ -26,7 +26,8 @@
 //! [`dynamic_database`] (a user per lease from statement templates, for any
 //! SQL engine), and typed wrappers over
 //! what the host lets a plugin reach: [`log`], [`secrets`], [`sql`], [`ssh`],
-//! [`http`]. Every host call is checked against the operator's grants; a
+//! [`http`], and [`crypto`] (key derivation at native speed). Every host
+//! call that reaches a target is checked against the operator's grants; a
 //! refused one comes back as a [`HostError`] that `?` turns into a
 //! [`StepError`].
 //!
@@ -34,6 +35,7 @@
 //! host import there panics, since only the tumbler host provides them.
 
 mod bindings_glue;
+pub mod crypto;
 pub mod database_rotation;
 pub mod database_secret;
 pub mod dynamic;
@@ -63,13 +65,13 @@ pub mod bindings {
         // Types that carry secret values are defined by the SDK instead, so
         // their `Debug` redacts the value (see each type).
         with: {
-            "tumbler:rotator/types@0.1.0/version": crate::step::Version,
-            "tumbler:rotator/sql@0.1.0/credentials": crate::sql::Credentials,
-            "tumbler:rotator/ssh@0.1.0/auth": crate::ssh::Auth,
-            "tumbler:rotator/ssh@0.1.0/command": crate::ssh::Command,
-            "tumbler:rotator/http@0.1.0/request": crate::http::Request,
-            "tumbler:rotator/http@0.1.0/response": crate::http::Response,
-            "tumbler:rotator/dynamic@0.1.0/issued": crate::dynamic::Issued,
+            "tumbler:rotator/types@0.1.1/version": crate::step::Version,
+            "tumbler:rotator/sql@0.1.1/credentials": crate::sql::Credentials,
+            "tumbler:rotator/ssh@0.1.1/auth": crate::ssh::Auth,
+            "tumbler:rotator/ssh@0.1.1/command": crate::ssh::Command,
+            "tumbler:rotator/http@0.1.1/request": crate::http::Request,
+            "tumbler:rotator/http@0.1.1/response": crate::http::Response,
+            "tumbler:rotator/dynamic@0.1.1/issued": crate::dynamic::Issued,
         },
     });
 }

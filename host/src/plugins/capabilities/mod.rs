@@ -2,6 +2,7 @@
 //! the grant, call the real driver, map the error and say whose fault it is.
 //! The grant checks live here, written once.
 
+pub mod crypto;
 pub mod http;
 pub mod log;
 pub mod secrets;
@@ -203,12 +204,16 @@ pub struct Budget {
     http_requests: u32,
     sql_connects: u32,
     sql_connections_held: u32,
+    crypto_rounds: u64,
 }
 
 /// Enough for a plugin polling an endpoint every 100 ms for a whole minute.
 pub const MAX_HTTP_REQUESTS_PER_CALL: u32 = 600;
 pub const MAX_SQL_CONNECTS_PER_CALL: u32 = 16;
 pub const MAX_SQL_CONNECTIONS_HELD: u32 = 4;
+/// PBKDF2 rounds (iterations × output blocks) a step may ask the host for:
+/// about 0.1-1 s of one core, and thousands of SCRAM verifiers.
+pub const MAX_CRYPTO_ROUNDS_PER_CALL: u64 = 16_000_000;
 
 impl Budget {
     pub fn take_http_request(&mut self) -> std::result::Result<(), HostError> {
@@ -241,6 +246,22 @@ impl Budget {
                 format!("a step may hold at most {MAX_SQL_CONNECTIONS_HELD} SQL connections at once; drop one first"),
             ));
         }
+        Ok(())
+    }
+
+    /// Counts `rounds` of key derivation against the step's allowance.
+    pub fn take_crypto_rounds(&mut self, rounds: u64) -> std::result::Result<(), HostError> {
+        if self.crypto_rounds + rounds > MAX_CRYPTO_ROUNDS_PER_CALL {
+            return Err(host_error(
+                ErrorKind::Limit,
+                format!(
+                    "a step may run at most {MAX_CRYPTO_ROUNDS_PER_CALL} rounds of key derivation in all \
+                     ({} used, {rounds} asked)",
+                    self.crypto_rounds
+                ),
+            ));
+        }
+        self.crypto_rounds += rounds;
         Ok(())
     }
 
