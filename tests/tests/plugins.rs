@@ -217,3 +217,41 @@ async fn the_cli_uploads_lists_describes_and_removes_plugins() {
     instance.cli(["plugin", "rm", "spin"], None).assert_success();
     assert_eq!(instance.root().get("/v1/plugins/spin").await.0, 404);
 }
+
+#[tokio::test]
+async fn a_plugin_built_against_contract_0_1_0_still_rotates_and_issues() {
+    // Built from the frozen 0.1.0 WIT: its imports (`log@0.1.0`) and its
+    // `dynamic@0.1.0` export must resolve against this host's 0.1.x.
+    let instance = Instance::start();
+    let root = instance.root();
+    let (status, body) = upload(&root, "legacy", fixture_bytes("test-contract-0-1-0")).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["info"]["dynamic"], true, "{body}");
+
+    root.create_secret("legacy/s", "v0").await;
+    let config = serde_json::json!({"plugin": "legacy", "schedule": "rate(30 days)"});
+    let (status, reply) = root.put("/v1/secrets/legacy/s:rotation", &config).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, started) = root.post("/v1/secrets/legacy/s:rotate", &serde_json::json!({})).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["rotation_id"].as_str().expect("rotation_id").to_owned();
+    let mut record = Value::Null;
+    for _ in 0..400 {
+        record = root.get(&format!("/v1/rotations/{id}")).await.1;
+        if record["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(root.read_value("legacy/s").await, "v0+0.1.0", "the 0.1.0 plugin's create made the new value");
+
+    root.create_secret("legacy/admin", "unused").await;
+    let role = serde_json::json!({"plugin": "legacy", "admin_secret": "legacy/admin", "params": {}});
+    let (status, reply) = root.put("/v1/roles/legacy", &role).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, issued) = root.post("/v1/roles/legacy:issue", &serde_json::json!({})).await;
+    assert_eq!(status, 201, "{issued}");
+    assert_eq!(issued["credential"]["issued_by"], "0.1.0", "{issued}");
+    assert_eq!(issued["credential"]["lease"], issued["lease_id"], "{issued}");
+}
