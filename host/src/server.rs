@@ -165,6 +165,7 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let tokens = std::sync::Arc::new(auth::TokenCache::default());
+    let closing = audit.clone();
     let app = api::router(AppState { store: running.store.clone(), audit, plugins, rotation, leases, tokens });
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
@@ -176,6 +177,7 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
         Some(config) => axum_server::from_tcp_rustls(listener, config).handle(handle).serve(service).await?,
         None => axum_server::from_tcp(listener).handle(handle).serve(service).await?,
     }
+    closing.close().await;
     drop(running);
     Ok(())
 }

@@ -1,18 +1,25 @@
 //! Group commit: records that do not ride in a mutation's transaction (reads,
-//! refused requests, events) queue here; one task writes whatever has queued
-//! in one transaction while the next batch gathers, and each waiter hears
+//! refused requests, events) queue here; one thread of its own writes
+//! whatever has queued in one transaction while the next batch gathers, and each waiter hears
 //! back only when its own record is committed with the durability it asked
 //! for. A batch of read-only requests' records commits to the WAL without
 //! an fsync ([`Durability::Normal`]); a batch holding any other record is
 //! fsynced ([`Durability::Full`]), and so is everything before it.
+
+//!
+//! A thread rather than a task: a task handed each batch to the blocking
+//! pool and was woken again for its result, two thread hand-offs a batch
+//! on the path of every read. The thread blocks on the queue and on the
+//! writer, and answers each waiter directly.
 
 use super::{Entry, Writer};
 use crate::error::{Error, Kind, Result};
 use crate::metrics::metrics;
 use crate::store::Durability;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// Most records in one transaction (bounds how long a batch holds the writer).
 const MAX_BATCH: usize = 512;
@@ -24,53 +31,75 @@ pub const QUEUE: usize = 8192;
 /// every second" in other logs).
 pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+pub enum Job {
+    Append(Pending),
+    /// Commit what is queued, sync and end (see `AuditLog::close`).
+    Close,
+}
+
 pub struct Pending {
     pub entry: Entry,
     pub durability: Durability,
     pub done: oneshot::Sender<Result<()>>,
 }
 
-/// Writes batches until every `AuditLog` is gone, and between them syncs
-/// the WAL every [`SYNC_EVERY`] while relaxed commits (any writer's) wait
-/// for it. A failed sync is logged and retried: those commits are made,
-/// only their survival of a power cut is in doubt.
-pub async fn run(writer: Arc<Writer>, mut queue: mpsc::Receiver<Pending>) {
+/// Writes batches until closed or every `AuditLog` is gone (then syncs
+/// what is left), and between them syncs the WAL every [`SYNC_EVERY`] while relaxed
+/// commits (any writer's) wait for it. A failed sync is logged and
+/// retried: those commits are made, only their survival of a power cut is
+/// in doubt.
+pub fn run(writer: Arc<Writer>, queue: Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut sync = tokio::time::interval(SYNC_EVERY);
-    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // recv_many is cancel-safe: a tick loses no queued record.
-        let received = tokio::select! {
-            n = queue.recv_many(&mut batch, MAX_BATCH) => n,
-            _ = sync.tick() => {
-                if let Err(e) = writer.store.sync_wal().await {
-                    tracing::error!(error = %e.message(), "relaxed commits are not yet on disk");
-                }
-                continue;
+    let mut synced_at = Instant::now();
+    let mut closing = false;
+    while !closing {
+        if synced_at.elapsed() >= SYNC_EVERY {
+            sync(&writer);
+            synced_at = Instant::now();
+        }
+        let first = match queue.recv_timeout(SYNC_EVERY.saturating_sub(synced_at.elapsed())) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        for job in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
+            match job {
+                Job::Append(pending) => batch.push(pending),
+                Job::Close => closing = true,
             }
-        };
-        if received == 0 {
-            break;
         }
-        let entries: Vec<Entry> = batch.iter_mut().map(|p| std::mem::take(&mut p.entry)).collect();
-        metrics().audit_batch_records.observe(&[], entries.len() as f64);
-        let durability = batch_durability(&batch);
-        let w = writer.clone();
-        let result = writer.store.write_with(durability, move |tx, keys| w.append_in(tx, keys, &entries)).await;
-        let failure = match result {
-            Ok(()) => None,
-            // append_in reported its own failures; a failed commit is reported here.
-            Err(e) if e.kind == Kind::Unavailable => Some(e),
-            Err(e) => Some(writer.failed(e)),
-        };
-        for pending in batch.drain(..) {
-            let reply = match &failure {
-                None => Ok(()),
-                Some(e) => Err(Error::unavailable(e.message())),
-            };
-            // A waiter that went away (its client hung up) needs no answer.
-            let _ = pending.done.send(reply);
+        if !batch.is_empty() {
+            commit(&writer, &mut batch);
         }
+    }
+    sync(&writer);
+}
+
+fn sync(writer: &Writer) {
+    if let Err(e) = writer.store.sync_wal_blocking() {
+        tracing::error!(error = %e.message(), "relaxed commits are not yet on disk");
+    }
+}
+
+/// Commits `batch` in one transaction and tells each waiter how it went.
+fn commit(writer: &Writer, batch: &mut Vec<Pending>) {
+    let entries: Vec<Entry> = batch.iter_mut().map(|p| std::mem::take(&mut p.entry)).collect();
+    metrics().audit_batch_records.observe(&[], entries.len() as f64);
+    let durability = batch_durability(batch);
+    let result = writer.store.write_blocking_with(durability, |tx, keys| writer.append_in(tx, keys, &entries));
+    let failure = match result {
+        Ok(()) => None,
+        // append_in reported its own failures; a failed commit is reported here.
+        Err(e) if e.kind == Kind::Unavailable => Some(e),
+        Err(e) => Some(writer.failed(e)),
+    };
+    for pending in batch.drain(..) {
+        let reply = match &failure {
+            None => Ok(()),
+            Some(e) => Err(Error::unavailable(e.message())),
+        };
+        // A waiter that went away (its client hung up) needs no answer.
+        let _ = pending.done.send(reply);
     }
 }
 

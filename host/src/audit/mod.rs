@@ -43,7 +43,8 @@ use sink::FileSink;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
 
 /// An audit failure raises at most one alert per this many milliseconds.
 const ALERT_EVERY_MS: i64 = 60_000;
@@ -159,10 +160,11 @@ pub fn append_offline(tx: &Transaction<'_>, keys: &Keys, entry: Entry) -> Result
 #[derive(Clone)]
 pub struct AuditLog {
     writer: Arc<Writer>,
-    queue: mpsc::Sender<batch::Pending>,
+    queue: mpsc::SyncSender<batch::Job>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-/// What appending needs; shared with the group-commit task, which does not
+/// What appending needs; shared with the group-commit thread, which does not
 /// hold the queue's sender, so it ends when the last `AuditLog` is dropped.
 struct Writer {
     store: Store,
@@ -172,12 +174,35 @@ struct Writer {
 }
 
 impl AuditLog {
-    /// Starts the group-commit task.
+    /// Starts the group-commit thread, which ends at [`AuditLog::close`]
+    /// or when the last clone of the returned log is dropped.
     pub fn start(store: Store, sink: Option<FileSink>, alerts: Alerts) -> AuditLog {
-        let (queue, receiver) = mpsc::channel(batch::QUEUE);
+        let (queue, receiver) = mpsc::sync_channel(batch::QUEUE);
         let writer = Arc::new(Writer { store, sink, alerts, last_alert: AtomicI64::new(i64::MIN) });
-        tokio::spawn(batch::run(writer.clone(), receiver));
-        AuditLog { writer, queue }
+        let batches = writer.clone();
+        let thread = std::thread::Builder::new()
+            .name("tumbler-audit".into())
+            .spawn(move || batch::run(batches, receiver))
+            .expect("the audit log's thread could not be started");
+        AuditLog { writer, queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
+    }
+
+    /// Commits what is queued, syncs the WAL and ends the group-commit
+    /// thread, so its store connection is closed before the process exits
+    /// (a clean close checkpoints the WAL). Appends after this fail with
+    /// `unavailable`.
+    pub async fn close(&self) {
+        let queue = self.queue.clone();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let joined = tokio::task::spawn_blocking(move || {
+            // Fails only if the thread is gone already.
+            let _ = queue.send(batch::Job::Close);
+            thread.map(|t| t.join())
+        })
+        .await;
+        if !matches!(joined, Ok(None | Some(Ok(())))) {
+            tracing::error!("the audit log's thread did not end cleanly");
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -202,7 +227,18 @@ impl AuditLog {
     pub async fn append_with(&self, entry: Entry, durability: Durability) -> Result<()> {
         let (done, wait) = oneshot::channel();
         let gone = || Error::unavailable("the audit log is shutting down; the request was not carried out");
-        self.queue.send(batch::Pending { entry, durability, done }).await.map_err(|_| gone())?;
+        match self.queue.try_send(batch::Job::Append(batch::Pending { entry, durability, done })) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(pending)) => {
+                // Backpressure: wait for room off the async threads.
+                let queue = self.queue.clone();
+                let sent = tokio::task::spawn_blocking(move || queue.send(pending)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    return Err(gone());
+                }
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+        }
         wait.await.map_err(|_| gone())?
     }
 }

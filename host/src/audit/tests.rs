@@ -153,6 +153,34 @@ async fn group_commit_writes_every_record_once_in_one_chain() {
 }
 
 #[tokio::test]
+async fn close_commits_what_is_queued_then_refuses_more() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    // Fifty appends queue (on this one-thread runtime each runs up to its
+    // wait for the commit when this task yields), then the log is closed
+    // before any of them is awaited.
+    let queued: Vec<_> = (0..50)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append_with(entry(n), Durability::Normal).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    log.close().await;
+    for t in queued {
+        t.await.unwrap().expect("a record queued before close is committed");
+    }
+    assert_eq!(verdict(&dir, &key).unwrap().records, 50);
+    let err = log.append(entry(99)).await.unwrap_err();
+    assert_eq!(err.kind, Kind::Unavailable, "{err}");
+    assert!(err.message().contains("shutting down"), "{err}");
+    assert_eq!(verdict(&dir, &key).unwrap().records, 50, "nothing written after close");
+    // Closing twice is harmless.
+    log.close().await;
+}
+
+#[tokio::test]
 async fn a_mutation_whose_record_cannot_be_written_changes_nothing() {
     let (dir, store) = test_store();
     let log = AuditLog::start(store.clone(), None, Alerts::default());

@@ -209,6 +209,16 @@ impl Store {
         self.inner.write_now(Durability::Full, f)
     }
 
+    /// The synchronous form of [`Store::write_with`], for a thread of its
+    /// own (the audit log's group commit) that may block on the writer.
+    pub fn write_blocking_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &Keys) -> Result<T>,
+    ) -> Result<T> {
+        self.inner.write_now(durability, f)
+    }
+
     /// Changes whenever a commit may have changed a token or a policy;
     /// whatever was derived from those rows under another value is stale.
     /// Read it *before* reading the rows: the writer moves it after the
@@ -221,11 +231,16 @@ impl Store {
     /// (fsync of the WAL), if there is one. Runs beside the writer: it
     /// neither takes the writer nor delays a commit.
     pub async fn sync_wal(&self) -> Result<()> {
+        let store = self.clone();
+        run_blocking(move || store.sync_wal_blocking()).await
+    }
+
+    /// The synchronous form of [`Store::sync_wal`], for a thread of its own.
+    pub fn sync_wal_blocking(&self) -> Result<()> {
         if !self.inner.wal_unsynced.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
-        let inner = self.inner.clone();
-        let synced = run_blocking(move || inner.fsync_wal()).await;
+        let synced = self.inner.fsync_wal();
         if synced.is_err() {
             // Try again next time.
             self.inner.wal_unsynced.store(true, Ordering::SeqCst);
