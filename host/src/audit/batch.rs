@@ -26,6 +26,9 @@ const MAX_BATCH: usize = 512;
 /// Records waiting beyond this make callers wait to enqueue (backpressure).
 pub const QUEUE: usize = 8192;
 
+/// How long a batch waits for more records once it sees it is not alone.
+const LINGER: Duration = Duration::from_micros(100);
+
 /// Longest time a [`Durability::Normal`] commit stays off the disk: the
 /// WAL is synced this often while there is something to sync (as "fsync
 /// every second" in other logs).
@@ -52,6 +55,8 @@ pub fn run(writer: Arc<Writer>, queue: Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut synced_at = Instant::now();
     let mut closing = false;
+    // The last batch held more than one record.
+    let mut busy = false;
     while !closing {
         if synced_at.elapsed() >= SYNC_EVERY {
             sync(&writer);
@@ -62,17 +67,31 @@ pub fn run(writer: Arc<Writer>, queue: Receiver<Job>) {
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        for job in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
-            match job {
-                Job::Append(pending) => batch.push(pending),
-                Job::Close => closing = true,
-            }
+        take(first, &mut batch, &mut closing);
+        let mut more = queue.try_iter().take(MAX_BATCH - 1).peekable();
+        if more.peek().is_some() || busy {
+            // Several writers are waiting: give the rest of them a moment
+            // to queue, so one commit serves them all (fewer, larger
+            // transactions: less CPU a record). A lone writer never waits.
+            more.for_each(|job| take(job, &mut batch, &mut closing));
+            std::thread::sleep(LINGER);
         }
+        for job in queue.try_iter().take(MAX_BATCH.saturating_sub(batch.len())) {
+            take(job, &mut batch, &mut closing);
+        }
+        busy = batch.len() > 1;
         if !batch.is_empty() {
             commit(&writer, &mut batch);
         }
     }
     sync(&writer);
+}
+
+fn take(job: Job, batch: &mut Vec<Pending>, closing: &mut bool) {
+    match job {
+        Job::Append(pending) => batch.push(pending),
+        Job::Close => *closing = true,
+    }
 }
 
 fn sync(writer: &Writer) {
