@@ -66,11 +66,8 @@ pub struct ServeArgs {
     /// Rotated audit files kept beside it (FILE.1 is the newest).
     #[arg(long, default_value_t = 10, requires = "audit_file")]
     pub audit_file_keep: u32,
-    /// Rotations whose steps may run at once, across all secrets. A step
-    /// mostly waits on its target (a login, a statement, a request), so
-    /// the default keeps several going even on two cores; each holds one
-    /// plugin instance (at most --plugin-memory-mib) and its connections.
-    #[arg(long, default_value_t = 8)]
+    /// Rotations whose steps may run at once, across all secrets.
+    #[arg(long, default_value_t = 4)]
     pub rotation_concurrency: usize,
     /// Attempts per rotation step before the rotation fails (a config may say otherwise).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]

@@ -229,7 +229,7 @@ pub async fn postgres(report: &Report) {
     section.note(format!(
         "A tumbler rotation is the full single-user `postgres` rotation: create, set (`ALTER ROLE … PASSWORD` as \
          the role itself), test (a new connection **logs in with the new password** and runs `SELECT 1`), finish; \
-         every step audited, at most 8 rotations at a time (`--rotation-concurrency`, shipped default). One rotation, \
+         every step audited, at most 4 rotations at a time (`--rotation-concurrency`, shipped default). One rotation, \
          from the request to the end of finish (waiting for a slot included): median {:.0} ms (min {:.0}, max \
          {:.0}) over {total_rotations}; median per step: {steps}. After the runs \
          the harness logged in to PostgreSQL with each secret's current password: all {CLIENTS} worked. OpenBao's \

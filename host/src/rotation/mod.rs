@@ -43,7 +43,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { concurrency: 8, max_attempts: 5, backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 } }
+        Settings { concurrency: 4, max_attempts: 5, backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 } }
     }
 }
 
