@@ -128,7 +128,7 @@ async fn rotation(report: &Report) {
     let mut throughput = Vec::new();
     let (mut step_ms, mut rotation_ms, mut failed) = (Vec::new(), Vec::new(), 0);
     for _ in 0..runs {
-        let run = bench_store::noop_throughput(secrets, 4).await;
+        let run = bench_store::noop_throughput(secrets, tumbler::rotation::Settings::default().concurrency).await;
         throughput.push(run.rotations_per_second);
         step_ms.push(run.step_ms);
         rotation_ms.push(run.rotation_ms);
@@ -156,9 +156,10 @@ async fn rotation(report: &Report) {
         "full `noop` rotations/s".into(),
         format!("{}/s", throughput.show(0)),
         format!(
-            "{} secrets due at once, concurrency 4 (the server's default); {failed} failed; \
+            "{} secrets due at once, concurrency {} (the server's default); {failed} failed; \
              per step call {} ms, per rotation start to end {} ms",
             thousands(secrets),
+            tumbler::rotation::Settings::default().concurrency,
             Spread::of(&step_ms).show(2),
             Spread::of(&rotation_ms).show(1)
         ),

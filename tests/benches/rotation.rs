@@ -4,7 +4,7 @@
 //!
 //! 1. Throughput: 10,000 secrets rotated by the built-in `noop` plugin, all
 //!    due at once, through the real engine (store, audit records, plugin
-//!    runtime, scheduler) with the default concurrency limit of 4; prints
+//!    runtime, scheduler) with the server's default concurrency limit (4); prints
 //!    full rotations per second (see `tumbler_tests::bench_store`).
 //! 2. Idle: 100,000 secrets scheduled 30 days out; a child process opens the
 //!    store and runs the engine (scheduler included, no HTTP) and the parent
@@ -39,7 +39,7 @@ fn main() {
     let limits: Vec<usize> = std::env::var("TUMBLER_BENCH_CONCURRENCY")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![4]);
+        .unwrap_or_else(|| vec![tumbler::rotation::Settings::default().concurrency]);
     runtime.block_on(async {
         for concurrency in limits {
             println!("throughput: {count} secrets due at once, plugin noop, concurrency {concurrency}");
