@@ -276,6 +276,57 @@ async fn postgres_wrong_password_is_auth() {
     assert!(!message.contains("not-the-password"), "{message}");
 }
 
+/// The key the probe's `pbkdf2` call logged.
+fn logged_key(outcome: &StepOutcome) -> String {
+    succeeded(outcome);
+    outcome
+        .log
+        .lines()
+        .find_map(|l| l.strip_prefix("info: pbkdf2: "))
+        .unwrap_or_else(|| panic!("{}", outcome.log))
+        .into()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crypto_derives_keys_without_a_grant_within_its_limits() {
+    // RFC 7914's PBKDF2-HMAC-SHA-256 vector, computed by the host for a
+    // plugin granted nothing; then SHA-512 (Python's hashlib).
+    let outcome = Call::granting(json!({}))
+        .probe(json!({"call": "pbkdf2", "password": "passwd", "salt": "salt", "iterations": 1, "length": 64}))
+        .await;
+    assert_eq!(
+        logged_key(&outcome),
+        "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc\
+         49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"
+    );
+    let outcome = Call::granting(json!({}))
+        .probe(json!({"call": "pbkdf2", "password": "password", "salt": "salt", "iterations": 4096, "length": 64,
+                      "sha512": true}))
+        .await;
+    assert_eq!(
+        logged_key(&outcome),
+        "d197b1b33db0143e018b12f3d1d1479e6cdebdcc97c5c0f87f6902e072f457b5\
+         143f30602641b3d55cd335988cb36b84376060ecd532e039b742a239434af2d5"
+    );
+
+    // Past a per-call limit: `invalid`, saying which.
+    let too_many = json!({"call": "pbkdf2", "password": "p", "salt": "s", "iterations": 1_000_001, "length": 32});
+    let message = failure(&Call::granting(json!({})).probe(too_many).await);
+    assert!(message.starts_with("invalid: iterations must be 1 to 1000000"), "{message}");
+    let too_long = json!({"call": "pbkdf2", "password": "p", "salt": "s", "iterations": 1, "length": 4096});
+    assert!(failure(&Call::granting(json!({})).probe(too_long).await).starts_with("invalid: length"));
+
+    // One call asking for more than a step's whole allowance (a million
+    // iterations of 32 output blocks): `limit`, and nothing is derived.
+    // (Calls adding up to it are counted the same way; the host's unit
+    // tests show that without spending the 16 million rounds.)
+    let greedy = json!({"call": "pbkdf2", "password": "p", "salt": "s", "iterations": 1_000_000, "length": 1024});
+    let outcome = Call::granting(json!({})).probe(greedy).await;
+    let message = failure(&outcome);
+    assert!(message.starts_with("limit: a step may run at most 16000000 rounds"), "{message}");
+    assert!(message.contains("32000000 asked"), "{message}");
+}
+
 /// Creates secret `name`, or adds `value` to it as its new current version.
 async fn put_secret(store: &Store, name: &str, value: &Value) {
     let (name, value) = (SecretName::parse(name).expect("secret name"), value.to_string());

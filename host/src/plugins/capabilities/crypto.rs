@@ -33,7 +33,10 @@ impl Host for PluginState {
         let job = tokio::task::spawn_blocking(move || derive(hash, &password, &salt, iterations, length as usize));
         // The derived key goes to the plugin as a plain `Vec`: the
         // bindings own it from here, as they own every value they pass.
-        Ok(job.await.map(|key| key.to_vec()).map_err(|e| host_error(ErrorKind::Host, format!("key derivation failed: {e}"))))
+        Ok(job
+            .await
+            .map(|key| key.to_vec())
+            .map_err(|e| host_error(ErrorKind::Host, format!("key derivation failed: {e}"))))
     }
 }
 

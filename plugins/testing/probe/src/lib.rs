@@ -9,6 +9,7 @@
 //! {"call": "ssh", "host": "10.0.0.5", "port": 22, "username": "u", "password": "p", "command": "true"}
 //! {"call": "http", "url": "https://api.example.com/x", "method": "GET", "headers": [["Host", "evil"]]}
 //! {"call": "secret", "name": "db/other"}
+//! {"call": "pbkdf2", "password": "passwd", "salt": "salt", "iterations": 1, "length": 64}
 //! ```
 //!
 //! SQL targets take `engine` (`postgres`, the default, or `mysql`),
@@ -22,8 +23,11 @@
 //! (run as `execute`, logging the rows affected); it logs the rows as JSON
 //! on a `sql-query rows: ` line. `ssh` also takes `stdin` (text) and logs
 //! the command's stdout and stderr on `ssh stdout: ` / `ssh stderr: ` lines.
+//! `pbkdf2` also takes `sha512: true` (SHA-256 by default); it logs the
+//! key in hex on a `pbkdf2: ` line.
 
 use serde::Deserialize;
+use tumbler_sdk::crypto;
 use tumbler_sdk::http::{self, Request};
 use tumbler_sdk::password::{PasswordOptions, generate_password};
 use tumbler_sdk::serde_json::{self, Value as Json};
@@ -40,6 +44,17 @@ enum Probe {
     Ssh(SshCall),
     Http(HttpCall),
     Secret { name: String },
+    Pbkdf2(Derive),
+}
+
+#[derive(Deserialize)]
+struct Derive {
+    password: String,
+    salt: String,
+    iterations: u32,
+    length: u32,
+    #[serde(default)]
+    sha512: bool,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +253,15 @@ fn probe(call: Probe) -> Result<(), StepError> {
             request.body = call.body.map(String::into_bytes);
             let response = checked("http", http::send(&request))?;
             log::info(format_args!("http: status {}, {} bytes of body", response.status, response.body.len()));
+        }
+        Probe::Pbkdf2(d) => {
+            let hash = if d.sha512 { crypto::Hash::Sha512 } else { crypto::Hash::Sha256 };
+            let key = checked(
+                "pbkdf2",
+                crypto::pbkdf2(hash, d.password.as_bytes(), d.salt.as_bytes(), d.iterations, d.length),
+            )?;
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            log::info(format_args!("pbkdf2: {hex}"));
         }
         Probe::Secret { name } => {
             let value = checked("secret", secrets::get(&name))?;
