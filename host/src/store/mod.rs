@@ -79,6 +79,9 @@ pub struct Store {
 }
 
 struct Inner {
+    /// First, so it is dropped (and its connection closed) before the
+    /// others: the last connection to close checkpoints and removes the WAL.
+    checkpointer: Checkpointer,
     writer: Mutex<Writer>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
@@ -126,8 +129,13 @@ impl Store {
         let auth_touched = Arc::new(AtomicBool::new(false));
         watch_auth_tables(&mut writer, auth_touched.clone())?;
         let readers = (0..READERS).map(|_| open_connection(&path)).collect::<Result<Vec<_>>>()?;
+        // Checkpoints run on their own connection and thread, never inside
+        // a commit (see `Checkpointer`).
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(open_connection(&path)?)?;
         Ok(Store {
             inner: Arc::new(Inner {
+                checkpointer,
                 // open_connection sets FULL.
                 writer: Mutex::new(Writer { conn: writer, durability: Durability::Full }),
                 readers: Mutex::new(readers),
@@ -277,6 +285,7 @@ impl Inner {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         writer.set_durability(durability)?;
         let out = self.transact(&mut writer.conn, f);
+        self.checkpointer.committed();
         if durability == Durability::Normal {
             // Even after an error: the commit may have reached the WAL.
             self.wal_unsynced.store(true, Ordering::SeqCst);
@@ -398,6 +407,66 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("storage task failed: {e}")))?
 }
 
+/// Copies committed WAL frames into the database from a connection and
+/// thread of its own, every [`CHECKPOINT_EVERY`] while there were commits.
+/// SQLite's automatic checkpoint ran inside whichever commit crossed 1,000
+/// WAL pages (several times a second under audited reads), with two
+/// fsyncs, holding up every request waiting on that commit. A passive
+/// checkpoint takes no lock a writer or reader needs.
+struct Checkpointer {
+    shared: Arc<CheckpointState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct CheckpointState {
+    /// Commits since the last checkpoint started.
+    commits: AtomicU64,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Checkpointer> {
+        let shared = Arc::new(CheckpointState::default());
+        let state = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("tumbler-checkpoint".into())
+            .spawn(move || {
+                let mut stop = state.stop.lock().unwrap_or_else(|p| p.into_inner());
+                while !*stop {
+                    stop = state.wake.wait_timeout(stop, CHECKPOINT_EVERY).unwrap_or_else(|p| p.into_inner()).0;
+                    if *stop || state.commits.swap(0, Ordering::Relaxed) == 0 {
+                        continue;
+                    }
+                    drop(stop);
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "WAL checkpoint failed; retried with the next commits");
+                    }
+                    stop = state.stop.lock().unwrap_or_else(|p| p.into_inner());
+                }
+            })
+            .map_err(|e| Error::internal(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { shared, thread: Some(thread) })
+    }
+
+    fn committed(&self) {
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -504,5 +573,34 @@ mod tests {
         let refused = store.write_with(Durability::Normal, |_, _| -> Result<()> { Err(Error::conflict("no")) }).await;
         assert!(refused.is_err());
         assert_eq!(store.write(|tx, _| synchronous(tx)).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn commits_are_checkpointed_off_the_commit_path_and_a_closed_store_leaves_no_wal() {
+        let (dir, store) = test_store();
+        let db = dir.path().join(DB_FILE);
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let autocheckpoint: i64 =
+            store.write(|tx, _| Ok(tx.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?)).await.unwrap();
+        assert_eq!(autocheckpoint, 0, "the writer never checkpoints inside a commit");
+        let before = size(&db);
+        // About 2 MiB in the WAL, more than SQLite's automatic threshold.
+        store
+            .write(|tx, _| {
+                tx.execute_batch("CREATE TABLE filler (b BLOB)")?;
+                for _ in 0..512 {
+                    tx.execute("INSERT INTO filler (b) VALUES (zeroblob(4096))", [])?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while size(&db) < before + (2 << 20) {
+            assert!(std::time::Instant::now() < deadline, "the checkpoint thread did not copy the commit in 5 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        drop(store);
+        assert!(!wal_path(&db).exists(), "the last connection closed the WAL");
     }
 }
