@@ -1,6 +1,7 @@
 //! Group commit: records that do not ride in a mutation's transaction (reads,
 //! refused requests, events) queue here; one thread of its own writes
-//! whatever has queued in one transaction while the next batch gathers, and each waiter hears
+//! whatever has queued in one transaction while the next batch gathers,
+//! and each waiter hears
 //! back only when its own record is committed with the durability it asked
 //! for. A batch of read-only requests' records commits to the WAL without
 //! an fsync ([`Durability::Normal`]); a batch holding any other record is
@@ -95,7 +96,7 @@ fn take(job: Job, batch: &mut Vec<Pending>, closing: &mut bool) {
 }
 
 fn sync(writer: &Writer) {
-    if let Err(e) = writer.store.sync_wal_blocking() {
+    if let Err(e) = writer.store.sync_wal() {
         tracing::error!(error = %e.message(), "relaxed commits are not yet on disk");
     }
 }

@@ -132,17 +132,22 @@ async fn a_chain_recomputed_without_the_key_is_found() {
     assert!(broken.problem.contains("MAC"), "{broken:?}");
 }
 
+/// `n` tasks, each appending one entry through group commit.
+fn appending(log: &AuditLog, n: usize, durability: Durability) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    (0..n)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append_with(entry(i), durability).await })
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn group_commit_writes_every_record_once_in_one_chain() {
     let (dir, store) = test_store();
     let key = key_of(&store).await;
     let log = AuditLog::start(store.clone(), None, Alerts::default());
-    let tasks: Vec<_> = (0..300)
-        .map(|n| {
-            let log = log.clone();
-            tokio::spawn(async move { log.append(entry(n)).await })
-        })
-        .collect();
+    let tasks = appending(&log, 300, Durability::Full);
     for t in tasks {
         t.await.unwrap().unwrap();
     }
@@ -160,12 +165,7 @@ async fn close_commits_what_is_queued_then_refuses_more() {
     // Fifty appends queue (on this one-thread runtime each runs up to its
     // wait for the commit when this task yields), then the log is closed
     // before any of them is awaited.
-    let queued: Vec<_> = (0..50)
-        .map(|n| {
-            let log = log.clone();
-            tokio::spawn(async move { log.append_with(entry(n), Durability::Normal).await })
-        })
-        .collect();
+    let queued = appending(&log, 50, Durability::Normal);
     tokio::task::yield_now().await;
     log.close().await;
     for t in queued {

@@ -236,15 +236,10 @@ impl Store {
     }
 
     /// Puts every [`Durability::Normal`] commit made so far on disk
-    /// (fsync of the WAL), if there is one. Runs beside the writer: it
-    /// neither takes the writer nor delays a commit.
-    pub async fn sync_wal(&self) -> Result<()> {
-        let store = self.clone();
-        run_blocking(move || store.sync_wal_blocking()).await
-    }
-
-    /// The synchronous form of [`Store::sync_wal`], for a thread of its own.
-    pub fn sync_wal_blocking(&self) -> Result<()> {
+    /// (fsync of the WAL), if there is one. Blocks (for a thread of its
+    /// own: the audit log's); runs beside the writer: it neither takes the
+    /// writer nor delays a commit.
+    pub fn sync_wal(&self) -> Result<()> {
         if !self.inner.wal_unsynced.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
@@ -566,7 +561,7 @@ mod tests {
         assert_eq!(store.write_with(Durability::Normal, |tx, _| synchronous(tx)).await.unwrap(), 1);
         assert!(unsynced(&store));
         assert_eq!(store.write(|tx, _| synchronous(tx)).await.unwrap(), 2, "FULL again after NORMAL");
-        store.sync_wal().await.unwrap();
+        store.sync_wal().unwrap();
         assert!(!unsynced(&store));
 
         // After a refused relaxed write too.
