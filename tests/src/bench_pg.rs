@@ -73,14 +73,15 @@ pub async fn postgres(report: &Report) {
     let rotations_per_client = size(10, 2);
     let issues_per_client = size(25, 5);
 
-    // Roles the rotations change: one per client on each side.
+    // Roles the rotations change: one per client and kind of rotation.
     let pg_setup = pg.clone();
     let initial = random_string(24);
     let initial_sql = initial.clone();
     tokio::task::spawn_blocking(move || {
         for i in 0..CLIENTS {
-            pg_setup.psql(&format!("CREATE ROLE bench_t{i} LOGIN PASSWORD '{initial_sql}'"));
-            pg_setup.psql(&format!("CREATE ROLE bench_o{i} LOGIN PASSWORD '{initial_sql}'"));
+            for side in ["t", "s", "o"] {
+                pg_setup.psql(&format!("CREATE ROLE bench_{side}{i} LOGIN PASSWORD '{initial_sql}'"));
+            }
         }
     })
     .await
@@ -89,13 +90,23 @@ pub async fn postgres(report: &Report) {
     let instance = crate::bench_http::start_instance().await;
     let root = instance.root();
     root.create_secret("db/admin", &pg_value(&pg, &pg.superuser, &pg.password)).await;
+    // db/t*: the admin sets the password (OpenBao's static roles do the
+    // same); db/s*: the role sets its own (AWS's single-user template).
     for i in 0..CLIENTS {
-        let name = format!("db/t{i}");
-        root.create_secret(&name, &pg_value(&pg, &format!("bench_t{i}"), &initial)).await;
-        let config = json!({"plugin": "postgres", "schedule": "rate(30 days)", "params": {"tls": "disable"},
-                            "grants": {"sql": [pg.addr()]}});
-        let reply = root.put(&format!("/v1/secrets/{name}:rotation"), &config).await;
-        assert_eq!(reply.0, 200, "rotation config of {name}: {reply:?}");
+        for (side, params, grants) in [
+            (
+                "t",
+                json!({"tls": "disable", "admin_secret": "db/admin"}),
+                json!({"sql": [pg.addr()], "secrets": ["db/admin"]}),
+            ),
+            ("s", json!({"tls": "disable"}), json!({"sql": [pg.addr()]})),
+        ] {
+            let name = format!("db/{side}{i}");
+            root.create_secret(&name, &pg_value(&pg, &format!("bench_{side}{i}"), &initial)).await;
+            let config = json!({"plugin": "postgres", "schedule": "rate(30 days)", "params": params, "grants": grants});
+            let reply = root.put(&format!("/v1/secrets/{name}:rotation"), &config).await;
+            assert_eq!(reply.0, 200, "rotation config of {name}: {reply:?}");
+        }
     }
     let role = json!({"plugin": "postgres", "admin_secret": "db/admin",
                       "params": {"host": "127.0.0.1", "port": pg.port, "tls": "disable"},
@@ -116,7 +127,9 @@ pub async fn postgres(report: &Report) {
     };
 
     // One of each first, outside the clock: connections, caches, JIT.
-    tumbler_rotate(&http_client(), instance.url(), &instance.root_token, 0).await;
+    for side in ["t", "s"] {
+        tumbler_rotate(&http_client(), instance.url(), &instance.root_token, &format!("db/{side}0")).await;
+    }
     let warm_token = root.create_token("bench-warm", &["bench-issuer"], "2h").await.token;
     tumbler_issue(&http_client(), instance.url(), &warm_token).await;
     if let Some(bao) = &bao {
@@ -124,22 +137,25 @@ pub async fn postgres(report: &Report) {
         bao.must(Method::GET, "/v1/database/creds/bench", None).await;
     }
 
-    let (mut rotations, mut issues) = (Pair::default(), Pair::default());
-    let mut records = Vec::new();
+    let (mut rotations, mut own_rotations, mut issues) = (Pair::default(), Pair::default(), Pair::default());
+    let (mut records, mut own_records) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let (http, url, token) = (http_client(), instance.url().to_string(), instance.root_token.clone());
-        let durations = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = durations.clone();
-        let load = fixed_count(CLIENTS, rotations_per_client, move |client| {
-            let (http, url, token, sink) = (http.clone(), url.clone(), token.clone(), sink.clone());
-            async move {
-                let record = tumbler_rotate(&http, &url, &token, client).await;
-                sink.lock().unwrap().push(record);
-            }
-        })
-        .await;
-        rotations.ours.push(load.per_second());
-        records.extend(durations.lock().unwrap().drain(..));
+        for (side, pair, records) in [("t", &mut rotations, &mut records), ("s", &mut own_rotations, &mut own_records)]
+        {
+            let (http, url, token) = (http_client(), instance.url().to_string(), instance.root_token.clone());
+            let durations = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = durations.clone();
+            let load = fixed_count(CLIENTS, rotations_per_client, move |client| {
+                let (http, url, token, sink) = (http.clone(), url.clone(), token.clone(), sink.clone());
+                async move {
+                    let record = tumbler_rotate(&http, &url, &token, &format!("db/{side}{client}")).await;
+                    sink.lock().unwrap().push(record);
+                }
+            })
+            .await;
+            pair.ours.push(load.per_second());
+            records.extend(durations.lock().unwrap().drain(..));
+        }
 
         if let Some(bao) = &bao {
             let bao = bao.clone();
@@ -151,6 +167,7 @@ pub async fn postgres(report: &Report) {
             })
             .await;
             rotations.peer.push(load.per_second());
+            own_rotations.peer.push(load.per_second());
         }
 
         // A token per client and run: a token may hold 100 leases at once
@@ -184,8 +201,11 @@ pub async fn postgres(report: &Report) {
     // After the clock: each rotated password is the one PostgreSQL takes.
     let mut current = Vec::new();
     for i in 0..CLIENTS {
-        let value: Value = serde_json::from_str(&root.read_value(&format!("db/t{i}")).await).expect("JSON value");
-        current.push((format!("bench_t{i}"), value["password"].as_str().expect("password").to_string()));
+        for side in ["t", "s"] {
+            let value: Value =
+                serde_json::from_str(&root.read_value(&format!("db/{side}{i}")).await).expect("JSON value");
+            current.push((format!("bench_{side}{i}"), value["password"].as_str().expect("password").to_string()));
+        }
     }
     let pg_check = pg.clone();
     let verified = tokio::task::spawn_blocking(move || {
@@ -198,26 +218,17 @@ pub async fn postgres(report: &Report) {
     let mut section =
         Section::new(title, &["figure", "tumbler /s", "OpenBao figure", "OpenBao /s", "tumbler / OpenBao"]);
     section.row(rotations.row(
-        "`postgres` rotation (`POST NAME:rotate`, then wait for it to end)",
+        "`postgres` rotation, the admin sets the password (`POST NAME:rotate`, then wait for it to end)",
         "static role `POST /v1/database/rotate-role/NAME`",
     ));
+    section.row(
+        own_rotations
+            .row("`postgres` rotation, the role sets its own (AWS's single-user template)", "the same OpenBao runs"),
+    );
     section.row(issues.row("dynamic credential (`POST /v1/roles/NAME:issue`)", "`GET /v1/database/creds/ROLE`"));
     let total_rotations = rotations.ours.len() * CLIENTS * rotations_per_client;
-    let rotation_ms: Vec<f64> = records.iter().map(|r| r["duration_ms"].as_f64().unwrap_or(0.0)).collect();
-    let rotation_spread = Spread::of(&rotation_ms);
-    let steps = ["create", "set", "test", "finish"]
-        .iter()
-        .filter_map(|step| {
-            let times: Vec<f64> = records
-                .iter()
-                .flat_map(|r| r["attempts"].as_array().cloned().unwrap_or_default())
-                .filter(|a| a["step"] == *step)
-                .filter_map(|a| a["duration_ms"].as_f64())
-                .collect();
-            (!times.is_empty()).then(|| format!("{step} {:.0} ms", Spread::of(&times).median))
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (rotation_spread, steps) = rotation_times(&records);
+    let (own_spread, own_steps) = rotation_times(&own_records);
     section.note(format!(
         "Each figure: the median of {runs} runs (min–max); per run, {CLIENTS} concurrent clients each do \
          {rotations_per_client} rotations of a PostgreSQL role of their own, then {issues_per_client} issues from \
@@ -227,14 +238,24 @@ pub async fn postgres(report: &Report) {
         POLL.as_millis()
     ));
     section.note(format!(
-        "A tumbler rotation is the full single-user `postgres` rotation: create, set (`ALTER ROLE … PASSWORD` as \
-         the role itself), test (a new connection **logs in with the new password** and runs `SELECT 1`), finish; \
-         every step audited, at most 4 rotations at a time (`--rotation-concurrency`, shipped default). One rotation, \
-         from the request to the end of finish (waiting for a slot included): median {:.0} ms (min {:.0}, max \
-         {:.0}) over {total_rotations}; median per step: {steps}. After the runs \
-         the harness logged in to PostgreSQL with each secret's current password: all {CLIENTS} worked. OpenBao's \
-         `rotate-role` sets the new password with its pooled superuser connection and does not log in with it.",
-        rotation_spread.median, rotation_spread.min, rotation_spread.max
+        "A tumbler rotation is the full single-user `postgres` rotation: create, set (`ALTER ROLE … PASSWORD` with \
+         a SCRAM verifier: as the admin, on the server's pooled admin session, when the rotation names \
+         `admin_secret`, as OpenBao's static role does; else as the role itself, which logs in with its current \
+         password), test (a new connection **logs in with the new password** and runs `SELECT 1`), finish; every \
+         step audited, at most {concurrency} rotations at a time (`--rotation-concurrency`, shipped default). One \
+         rotation, from the request to the end of finish (waiting for a slot included), median (min–max) over \
+         {total_rotations} of each kind: admin sets {:.0} ms ({:.0}–{:.0}), per step {steps}; the role sets its own \
+         {:.0} ms ({:.0}–{:.0}), per step {own_steps}. After the runs the harness logged in to PostgreSQL with each \
+         secret's current password: all {} worked. OpenBao's `rotate-role` sets the new password with its pooled \
+         superuser connection and does not log in with it.",
+        rotation_spread.median,
+        rotation_spread.min,
+        rotation_spread.max,
+        own_spread.median,
+        own_spread.min,
+        own_spread.max,
+        2 * CLIENTS,
+        concurrency = tumbler::rotation::Settings::default().concurrency,
     ));
     section.note(
         "Issue: tumbler creates a role (`CREATE ROLE … VALID UNTIL`) through the `postgres` plugin with the admin \
@@ -253,7 +274,7 @@ pub async fn postgres(report: &Report) {
         ));
     }
     report.section(section);
-    rotations.target(report, "postgres rotations/s (8 clients)");
+    rotations.target(report, "postgres rotations/s (8 clients; the admin sets, as OpenBao's static role)");
     issues.target(report, "dynamic credentials issued/s (8 clients)");
     drop(instance);
     drop(bao);
@@ -277,10 +298,30 @@ async fn setup_openbao(bao: &OpenBao, pg: &Postgres) {
     bao.must(Method::POST, "/v1/database/roles/bench", Some(&role)).await;
 }
 
-/// Rotates `db/t{client}` and waits for the rotation to end; panics unless
-/// it succeeded. Returns its record (steps with their durations).
-async fn tumbler_rotate(http: &reqwest::Client, url: &str, token: &str, client: usize) -> Value {
-    let reply = http.post(format!("{url}/v1/secrets/db/t{client}:rotate")).bearer_auth(token).json(&json!({}));
+/// The spread of whole rotations and the median of each step, from
+/// rotation records.
+fn rotation_times(records: &[Value]) -> (Spread, String) {
+    let whole: Vec<f64> = records.iter().map(|r| r["duration_ms"].as_f64().unwrap_or(0.0)).collect();
+    let steps = ["create", "set", "test", "finish"]
+        .iter()
+        .filter_map(|step| {
+            let times: Vec<f64> = records
+                .iter()
+                .flat_map(|r| r["attempts"].as_array().cloned().unwrap_or_default())
+                .filter(|a| a["step"] == *step)
+                .filter_map(|a| a["duration_ms"].as_f64())
+                .collect();
+            (!times.is_empty()).then(|| format!("{step} {:.0} ms", Spread::of(&times).median))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (Spread::of(&whole), steps)
+}
+
+/// Rotates `secret` and waits for the rotation to end; panics unless it
+/// succeeded. Returns its record (steps with their durations).
+async fn tumbler_rotate(http: &reqwest::Client, url: &str, token: &str, secret: &str) -> Value {
+    let reply = http.post(format!("{url}/v1/secrets/{secret}:rotate")).bearer_auth(token).json(&json!({}));
     let reply = reply.send().await.expect("rotate");
     assert_eq!(reply.status(), 202, "rotate: {:?}", reply.text().await);
     let started: Value = reply.json().await.expect("rotate reply");

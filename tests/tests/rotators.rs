@@ -782,6 +782,73 @@ async fn postgres_single_user_set_with_a_stale_current_password_changes_nothing_
 }
 
 #[tokio::test]
+async fn postgres_single_user_with_an_admin_secret_sets_the_password_as_the_admin_and_repairs_a_stale_one() {
+    // `%u|` before each line: who ran the statement.
+    let pg = Postgres::start_with(&["log_statement=all", "log_line_prefix=%u|"]);
+    let granted = Granted::with(&[("db/admin", &pg_secret(&pg, &pg.superuser, &pg.password))]).await;
+    pg_create_role(&pg, AWKWARD_USER, "changed outside tumbler");
+    let params = json!({"tls": "disable", "admin_secret": "db/admin", "password": awkward_password_rules()});
+    let grants = json!({"sql": [pg.addr()], "secrets": ["db/admin"]});
+    // The stored password is out of date: without an admin, `set` could not log in.
+    let initial = pg_secret(&pg, AWKWARD_USER, "out of date");
+    let mut rotation = Rotation::new("postgres", &initial, params, grants).await.granting(&granted);
+
+    let pending = rotation.try_create().await.expect("create");
+    let value: Value = serde_json::from_str(&pending.value).unwrap();
+    assert_eq!(value["username"], AWKWARD_USER, "single-user keeps the user");
+    let password = value["password"].as_str().unwrap().to_owned();
+    let log = rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
+    assert!(log.contains("the admin gave user"), "{log}");
+    // A retry sets the same password again.
+    rotation.step_ok(Step::Set, rotation.input(Some(&pending))).await;
+    rotation.step_ok(Step::Test, rotation.input(Some(&pending))).await;
+    rotation.promote_and_finish(pending, false).await.expect("finish");
+    assert!(pg_logs_in(&pg, AWKWARD_USER, &password));
+    assert!(!pg_logs_in(&pg, AWKWARD_USER, "changed outside tumbler"), "the old password stops working at set");
+
+    rotation.rotate_ok().await;
+    let second = password_of(&rotation.current_json()).to_owned();
+    assert!(pg_logs_in(&pg, AWKWARD_USER, &second));
+    assert!(!pg_logs_in(&pg, AWKWARD_USER, &password));
+
+    // Every ALTER ROLE ran as the admin, with a verifier, never a password.
+    let server_log = pg.log();
+    let alters: Vec<&str> = server_log.lines().filter(|l| l.contains(": ALTER ROLE")).collect();
+    assert_eq!(alters.len(), 3, "two sets of the first rotation, one of the second:\n{server_log}");
+    for line in &alters {
+        assert!(line.starts_with(&format!("{}|", pg.superuser)), "not run as the admin: {line}");
+        assert!(line.contains("PASSWORD 'SCRAM-SHA-256$4096:"), "{line}");
+    }
+    for secret in [password.as_str(), second.as_str()] {
+        assert!(!server_log.contains(secret), "a password reached the server log");
+    }
+}
+
+#[tokio::test]
+async fn mysql_single_user_with_an_admin_secret_repairs_a_stale_password() {
+    let db = Mariadb::start();
+    db.sql(&format!("CREATE USER {} IDENTIFIED BY 'changed outside tumbler'", my_account(AWKWARD_USER)));
+    let granted = Granted::with(&[("db/admin", &my_secret(&db, &db.superuser, &db.password))]).await;
+    let params = json!({"tls": "disable", "admin_secret": "db/admin"});
+    let grants = json!({"sql": [db.addr()], "secrets": ["db/admin"]});
+    let initial = my_secret(&db, AWKWARD_USER, "out of date");
+    let mut rotation = Rotation::new("mysql", &initial, params, grants).await.granting(&granted);
+
+    rotation.rotate_ok().await;
+    let now = rotation.current_json();
+    assert_eq!(now["username"], AWKWARD_USER, "single-user keeps the user");
+    assert!(my_logs_in(&db, AWKWARD_USER, password_of(&now)));
+    assert!(!my_logs_in(&db, AWKWARD_USER, "changed outside tumbler"));
+
+    // Without the admin, the same stale value cannot be rotated.
+    let mut alone = Rotation::new("mysql", &initial, json!({"tls": "disable"}), my_grants(&db)).await;
+    let failed = alone.rotate().await.unwrap_err();
+    assert_eq!(failed.step, Step::Set);
+    assert!(failed.message.contains("or set `admin_secret`"), "{}", failed.message);
+    assert!(my_logs_in(&db, AWKWARD_USER, password_of(&now)), "the failed rotation changed nothing");
+}
+
+#[tokio::test]
 async fn mysql_single_user_steps_change_the_password_and_no_password_reaches_the_general_log() {
     let db = Mariadb::start();
     let general_log = my_general_log(&db);

@@ -8,8 +8,13 @@
 //! The secret's value is AWS's database shape ([`DatabaseSecret`]); fields
 //! it does not know are kept. Two strategies (param `strategy`):
 //!
-//! - `single-user` (default): the user changes its own password, logged in
-//!   with the current version. The old password stops working in `set`.
+//! - `single-user` (default): one user, whose password changes in `set`;
+//!   the old password stops working there. Without `admin_secret` the user
+//!   changes its own, logged in with the current version (AWS's template).
+//!   With `admin_secret`, the admin changes it (as OpenBao's static roles
+//!   do): the user needs no right to change its own password, a password
+//!   changed outside tumbler is repaired by the next rotation, and `set`
+//!   runs on the host's pooled admin session instead of a new login.
 //! - `alternating-users`: two users, `NAME` and `NAME_clone`. Each rotation
 //!   changes the one not in use, logged in as the admin secret named in
 //!   `admin_secret` (granted under `grants.secrets`; the host fills in its
@@ -127,7 +132,8 @@ impl From<Tls> for TlsMode {
 pub struct DatabaseParams<E> {
     #[serde(default)]
     pub strategy: Strategy,
-    /// The secret holding the admin's credentials (alternating-users).
+    /// The secret holding the admin's credentials: required by
+    /// alternating-users; with single-user, the admin sets the password.
     #[serde(default)]
     pub admin_secret: Option<String>,
     /// Rules for new passwords (AWS GetRandomPassword's options).
@@ -175,13 +181,15 @@ pub fn params_schema(engine_properties: Map<String, Value>) -> String {
         "strategy": {
             "type": "string",
             "enum": ["single-user", "alternating-users"],
-            "description": "single-user (default): the user changes its own password; \
-                            alternating-users: the admin changes NAME or NAME_clone in turn"
+            "description": "single-user (default): one user, whose password changes (by itself, or by \
+                            the admin when admin_secret is set); alternating-users: the admin changes \
+                            NAME or NAME_clone in turn"
         },
         "admin_secret": {
             "type": "string",
             "minLength": 1,
-            "description": "alternating-users: a granted secret with an admin's username and password"
+            "description": "a granted secret with an admin's username and password: required by \
+                            alternating-users; with single-user, the admin sets the user's password"
         },
         "password": password,
         "tls": {
@@ -211,7 +219,8 @@ pub fn create<D: PasswordDatabase>(input: &StepInput) -> Result<String, StepErro
 /// `set`: the database accepts the pending value. Repeatable: a `set`
 /// whose first run already changed the password finds the pending login
 /// working and changes nothing (single-user: checked only when the current
-/// password is refused, so a first run logs in once, not twice).
+/// password is refused, so a first run logs in once, not twice; with an
+/// admin, setting the same password again is the check).
 pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
     let params = DatabaseParams::<D::Params>::of(input)?;
     let pending = secret_of::<D>(input.pending_version()?)?;
@@ -229,6 +238,12 @@ pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
                     pending.username, current.username
                 )));
             }
+            if let Some(admin) = &params.admin_secret {
+                let connection = connect::<D>(&pending, &params, SecretRef::Named(admin.clone()))?;
+                D::set_password(&connection, &params.engine, &pending.username, &pending.password)?;
+                log::info(format_args!("set: the admin gave user {:?} the pending password", pending.username));
+                return Ok(());
+            }
             let Some(connection) = connect_unless_refused::<D>(&current, &params, SecretRef::Current)? else {
                 if logs_in::<D>(&pending, &params, SecretRef::Pending)? {
                     return already();
@@ -237,7 +252,7 @@ pub fn set<D: PasswordDatabase>(input: &StepInput) -> Result<(), StepError> {
                 return Err(StepError::Retryable(format!(
                     "auth: the database refuses both the current and the pending password of user {:?}; \
                      if its password was changed outside tumbler, store the one it accepts as a new current \
-                     version of the secret",
+                     version of the secret, or set `admin_secret` so that an admin sets the password",
                     current.username
                 )));
             };
