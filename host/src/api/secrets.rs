@@ -357,7 +357,7 @@ pub async fn read_value(st: AppState, caller: Caller, name: SecretName, q: Value
         (Some(l), None) => Selector::Label(Label::parse(&l)?),
         (None, None) => Selector::Label(Label::current()),
     };
-    st.store.read_quick(move |conn, keys| secrets::read_value(conn, keys, &name, &selector)).await.map(Json)
+    st.store.read_value(name, selector).await.map(Json)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

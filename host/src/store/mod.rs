@@ -17,13 +17,16 @@ pub mod policies;
 pub mod rotations;
 pub mod secrets;
 pub mod tokens;
+mod values;
 
 pub use lock::DataDirLock;
 
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use crate::model::SecretName;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use secrets::{Selector, ValueRead};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -59,6 +62,10 @@ pub fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
 /// that changes one of them moves the auth generation.
 const AUTH_TABLES: [&str; 2] = ["tokens", "policies"];
 
+/// Tables a secret's value is read from: a commit that changes one of them
+/// moves the data generation (see [`values`]).
+const DATA_TABLES: [&str; 3] = ["secrets", "versions", "labels"];
+
 /// How far a commit has gone when [`Store::write_with`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -91,6 +98,12 @@ struct Inner {
     /// Set by the writer's update hook when the open transaction touches
     /// [`AUTH_TABLES`]; cleared when the generation moves.
     auth_touched: Arc<AtomicBool>,
+    /// Moves after every commit (or rollback) that touched [`DATA_TABLES`].
+    data_generation: AtomicU64,
+    /// As `auth_touched`, for [`DATA_TABLES`].
+    data_touched: Arc<AtomicBool>,
+    /// Sealed versions recently read (see [`values`]).
+    values: values::ValueCache,
     /// A [`Durability::Normal`] commit has not been synced yet.
     wal_unsynced: AtomicBool,
     wal_path: PathBuf,
@@ -127,7 +140,8 @@ impl Store {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         migrations::apply(&writer)?;
         let auth_touched = Arc::new(AtomicBool::new(false));
-        watch_auth_tables(&mut writer, auth_touched.clone())?;
+        let data_touched = Arc::new(AtomicBool::new(false));
+        watch_tables(&mut writer, auth_touched.clone(), data_touched.clone())?;
         let readers = (0..READERS).map(|_| open_connection(&path)).collect::<Result<Vec<_>>>()?;
         // Checkpoints run on their own connection and thread, never inside
         // a commit (see `Checkpointer`).
@@ -143,6 +157,9 @@ impl Store {
                 keys: Keys::new(master),
                 auth_generation: AtomicU64::new(0),
                 auth_touched,
+                data_generation: AtomicU64::new(0),
+                data_touched,
+                values: values::ValueCache::default(),
                 wal_unsynced: AtomicBool::new(false),
                 wal_path: wal_path(&path),
             }),
@@ -235,6 +252,25 @@ impl Store {
         self.inner.auth_generation.load(Ordering::SeqCst)
     }
 
+    /// The value of the version `sel` picks of a live secret: a read of a
+    /// version read before, and unchanged since, skips SQLite ([`values`]);
+    /// either way the value is decrypted here, for this caller.
+    pub async fn read_value(&self, name: SecretName, sel: Selector) -> Result<ValueRead> {
+        // Before the rows: see `values`.
+        let generation = self.inner.data_generation.load(Ordering::SeqCst);
+        if let Some(sealed) = self.inner.values.get(&name, &sel, generation) {
+            return secrets::open(&self.inner.keys, &name, &sealed);
+        }
+        let (name, sel, sealed) = self
+            .read_quick(move |conn, _| {
+                let sealed = secrets::locate(conn, &name, &sel)?;
+                Ok((name, sel, Arc::new(sealed)))
+            })
+            .await?;
+        self.inner.values.insert(&name, &sel, generation, sealed.clone());
+        secrets::open(&self.inner.keys, &name, &sealed)
+    }
+
     /// Puts every [`Durability::Normal`] commit made so far on disk
     /// (fsync of the WAL), if there is one. Blocks (for a thread of its
     /// own: the audit log's); runs beside the writer: it neither takes the
@@ -290,6 +326,9 @@ impl Inner {
         // can start after a revocation and still see the old rows' caller.
         if self.auth_touched.swap(false, Ordering::SeqCst) {
             self.auth_generation.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.data_touched.swap(false, Ordering::SeqCst) {
+            self.data_generation.fetch_add(1, Ordering::SeqCst);
         }
         out
     }
@@ -360,12 +399,14 @@ impl Writer {
     }
 }
 
-/// Flags every change to [`AUTH_TABLES`] made through `writer` (the only
-/// connection that writes while the server runs).
-fn watch_auth_tables(writer: &mut Connection, touched: Arc<AtomicBool>) -> Result<()> {
+/// Flags every change to [`AUTH_TABLES`] and [`DATA_TABLES`] made through
+/// `writer` (the only connection that writes while the server runs).
+fn watch_tables(writer: &mut Connection, auth: Arc<AtomicBool>, data: Arc<AtomicBool>) -> Result<()> {
     writer.update_hook(Some(move |_: rusqlite::hooks::Action, _: &str, table: &str, _: i64| {
         if AUTH_TABLES.contains(&table) {
-            touched.store(true, Ordering::SeqCst);
+            auth.store(true, Ordering::SeqCst);
+        } else if DATA_TABLES.contains(&table) {
+            data.store(true, Ordering::SeqCst);
         }
     }))?;
     Ok(())
@@ -552,6 +593,52 @@ mod tests {
 
     fn unsynced(store: &Store) -> bool {
         store.inner.wal_unsynced.load(Ordering::SeqCst)
+    }
+
+    /// The value `read_value` gives for `name`'s current version.
+    async fn current(store: &Store, name: &str) -> Result<String> {
+        let name = SecretName::parse(name).unwrap();
+        let read = store.read_value(name, Selector::Label(crate::model::Label::current())).await?;
+        Ok(read.value.expose().to_owned())
+    }
+
+    #[tokio::test]
+    async fn cached_reads_see_every_change_to_a_value_at_once_and_audit_commits_keep_them() {
+        use crate::model::{Label, RecoveryDays, SecretValue};
+        let (_dir, store) = test_store();
+        let name = || SecretName::parse("app/db").unwrap();
+        let value = |v: &str| SecretValue::parse(Zeroizing::new(v.to_owned())).unwrap();
+        let first = store
+            .write(move |tx, keys| secrets::create(tx, keys, secrets::NewSecret::new(name(), value("one"))))
+            .await
+            .unwrap()
+            .version_id;
+        assert_eq!(current(&store, "app/db").await.unwrap(), "one");
+        assert_eq!(store.inner.values.len(), 1, "the first read is cached");
+        let generation = store.inner.data_generation.load(Ordering::SeqCst);
+
+        // Commits to other tables (the audit log's, a token's) keep the entry.
+        store.write(|tx, _| Ok(tx.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')", [])?)).await.unwrap();
+        store.write(|tx, _| Ok(tx.execute("DELETE FROM tokens", [])?)).await.unwrap();
+        assert_eq!(store.inner.data_generation.load(Ordering::SeqCst), generation);
+        assert_eq!(current(&store, "app/db").await.unwrap(), "one");
+
+        // A new version, a label moved back, a deletion: each is seen by the next read.
+        store
+            .write(move |tx, keys| secrets::put_version(tx, keys, &name(), &value("two"), None, &[Label::current()]))
+            .await
+            .unwrap();
+        assert_eq!(current(&store, "app/db").await.unwrap(), "two");
+        store.write(move |tx, _| secrets::move_label(tx, &name(), &Label::current(), &first)).await.unwrap();
+        assert_eq!(current(&store, "app/db").await.unwrap(), "one");
+        let days = RecoveryDays::parse(Some(7)).unwrap();
+        store.write(move |tx, _| secrets::soft_delete(tx, &name(), days)).await.unwrap();
+        let refused = current(&store, "app/db").await.unwrap_err();
+        assert!(refused.message().contains("scheduled for deletion"), "{}", refused.message());
+
+        // A failed read caches nothing; an unknown secret is still unknown.
+        assert!(current(&store, "app/none").await.is_err());
+        assert_eq!(store.inner.values.len(), 0, "stale entries are dropped when met, errors never cached");
     }
 
     #[tokio::test]

@@ -209,6 +209,33 @@ const VALUE_BY_VERSION: &str = "SELECT id, nonce, ciphertext, created_at,
      FROM versions WHERE secret_id = ?1 AND id = ?2";
 
 pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selector) -> Result<ValueRead> {
+    open(keys, name, &locate(conn, name, sel)?)
+}
+
+/// A version as it is stored: what [`locate`] finds and [`open`] decrypts.
+/// Nothing here is secret (the value is sealed, its data key wrapped), so
+/// it may be kept in memory ([`super::values`]).
+pub struct Sealed {
+    secret_id: i64,
+    version_id: String,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+    created_at: i64,
+    /// Sorted.
+    labels: Vec<String>,
+    dek_wrapped: Vec<u8>,
+    dek_kek_id: String,
+}
+
+impl Sealed {
+    /// Bytes held, roughly (for the cache's bound).
+    pub fn size(&self) -> usize {
+        self.ciphertext.len() + self.dek_wrapped.len() + self.nonce.len() + 64 * (self.labels.len() + 2)
+    }
+}
+
+/// Finds the version `sel` picks of a live secret, sealed.
+pub fn locate(conn: &Connection, name: &SecretName, sel: &Selector) -> Result<Sealed> {
     let row = live(conn, name)?;
     let found = match sel {
         // Cached statements: a read is a few index lookups, and parsing the
@@ -229,20 +256,27 @@ pub fn read_value(conn: &Connection, keys: &Keys, name: &SecretName, sel: &Selec
             "secret '{name}' has no version '{v}'; list versions with GET /v1/secrets/{name}:versions"
         )),
     })?;
-    let dek = unwrap_dek(conn, keys, row.id)?;
-    let plain = dek
-        .decrypt(row.id, &version_id, &nonce, &ciphertext)
-        .map_err(|e| Error::internal(format!("version {version_id} of secret '{name}' failed to decrypt: {e}")))?;
+    let (dek_wrapped, dek_kek_id) = data_key_row(conn, row.id)?;
     // The labels come from the statement that found the version: a reader
     // sees them as they were at that instant, not after a later label move.
     let mut labels: Vec<String> = labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
     labels.sort();
+    Ok(Sealed { secret_id: row.id, version_id, nonce, ciphertext, created_at, labels, dek_wrapped, dek_kek_id })
+}
+
+/// Decrypts a located version.
+pub fn open(keys: &Keys, name: &SecretName, sealed: &Sealed) -> Result<ValueRead> {
+    let dek = unwrap_data_key(keys, sealed.secret_id, &sealed.dek_wrapped, &sealed.dek_kek_id)?;
+    let version_id = &sealed.version_id;
+    let plain = dek
+        .decrypt(sealed.secret_id, version_id, &sealed.nonce, &sealed.ciphertext)
+        .map_err(|e| Error::internal(format!("version {version_id} of secret '{name}' failed to decrypt: {e}")))?;
     Ok(ValueRead {
         name: name.to_string(),
-        labels,
-        version_id,
+        labels: sealed.labels.clone(),
+        version_id: version_id.clone(),
         value: SecretValue::from_plaintext(plain)?,
-        created_at: rfc3339(created_at),
+        created_at: rfc3339(sealed.created_at),
     })
 }
 
@@ -430,8 +464,15 @@ pub(crate) fn live(conn: &Connection, name: &SecretName) -> Result<SecretRow> {
 }
 
 pub(crate) fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Result<DataKey> {
-    let (wrapped, kek_id): (Vec<u8>, String) =
-        conn.prepare_cached(DATA_KEY)?.query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (wrapped, kek_id) = data_key_row(conn, secret_id)?;
+    unwrap_data_key(keys, secret_id, &wrapped, &kek_id)
+}
+
+fn data_key_row(conn: &Connection, secret_id: i64) -> Result<(Vec<u8>, String)> {
+    Ok(conn.prepare_cached(DATA_KEY)?.query_row([secret_id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+fn unwrap_data_key(keys: &Keys, secret_id: i64, wrapped: &[u8], kek_id: &str) -> Result<DataKey> {
     if kek_id != keys.master.id() {
         return Err(Error::internal(format!(
             "the data key of secret row {secret_id} is wrapped by master key {kek_id}, not the loaded key {}",
@@ -439,7 +480,7 @@ pub(crate) fn unwrap_dek(conn: &Connection, keys: &Keys, secret_id: i64) -> Resu
         )));
     }
     keys.master
-        .unwrap(secret_id, &wrapped)
+        .unwrap(secret_id, wrapped)
         .map_err(|e| Error::internal(format!("data key of secret row {secret_id}: {e}")))
 }
 

@@ -5,7 +5,7 @@ use crate::model::{Label, SecretName};
 use crate::plugins::bindings::tumbler::rotator::secrets::Host;
 use crate::plugins::bindings::tumbler::rotator::types::{ErrorKind, HostError};
 use crate::plugins::runtime::PluginState;
-use crate::store::secrets::{self, Selector};
+use crate::store::secrets::Selector;
 use zeroize::Zeroizing;
 
 impl PluginState {
@@ -21,7 +21,7 @@ impl PluginState {
         let store =
             self.call.store.clone().ok_or_else(|| host_error(ErrorKind::Host, "no secret store in this call"))?;
         let read = store
-            .read(move |conn, keys| secrets::read_value(conn, keys, &parsed, &Selector::Label(Label::current())))
+            .read_value(parsed, Selector::Label(Label::current()))
             .await
             .map_err(|e| host_error(ErrorKind::Invalid, e.message()))?;
         let value = Zeroizing::new(read.value.expose().to_owned());
