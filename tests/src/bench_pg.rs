@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 
 /// Concurrent clients of every figure here.
 const CLIENTS: usize = 8;
-/// How often a client asks whether its rotation has ended (tumbler's
-/// `:rotate` answers 202 at once; OpenBao's `rotate-role` answers when done).
-const POLL: Duration = Duration::from_millis(20);
 
 fn pg_value(pg: &Postgres, user: &str, password: &str) -> String {
     json!({"engine": "postgres", "host": "127.0.0.1", "port": pg.port, "username": user, "password": password,
@@ -233,9 +230,8 @@ pub async fn postgres(report: &Report) {
         "Each figure: the median of {runs} runs (min–max); per run, {CLIENTS} concurrent clients each do \
          {rotations_per_client} rotations of a PostgreSQL role of their own, then {issues_per_client} issues from \
          one role, tumbler and OpenBao alternating. Load: the harness's own async client (reqwest), because each \
-         call is a sequence (tumbler's `:rotate` answers 202 and the client polls `GET /v1/rotations/ID` every \
-         {} ms until it ends) or needs a token per client, which wrk cannot do.",
-        POLL.as_millis()
+         call is a sequence (tumbler's `:rotate` answers 202, then `GET /v1/rotations/ID?wait=60s` answers when \
+         the rotation has ended) or needs a token per client, which wrk cannot do."
     ));
     section.note(format!(
         "A tumbler rotation is the full single-user `postgres` rotation: create, set (`ALTER ROLE … PASSWORD` with \
@@ -328,9 +324,9 @@ async fn tumbler_rotate(http: &reqwest::Client, url: &str, token: &str, secret: 
     let id = started["rotation_id"].as_str().expect("rotation_id").to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        tokio::time::sleep(POLL).await;
+        // Answered when the rotation ends (or after 60 s, still running).
         let record: Value = http
-            .get(format!("{url}/v1/rotations/{id}"))
+            .get(format!("{url}/v1/rotations/{id}?wait=60s"))
             .bearer_auth(token)
             .send()
             .await

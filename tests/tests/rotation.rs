@@ -469,6 +469,55 @@ async fn concurrency_is_limited_and_a_second_trigger_gets_the_running_rotation()
 }
 
 #[tokio::test]
+async fn a_wait_on_a_rotation_answers_when_it_ends_or_when_the_wait_is_over() {
+    let gate = Gate::start().await;
+    let instance = start(&[]);
+    let root = instance.root();
+    upload(&root, "gate", "test-gate").await;
+    root.create_secret("wait/s", "initial-value").await;
+    gate.close("/w/set");
+    assert_eq!(set_rotation(&root, "wait/s", gate_config(&gate, "/w")).await.0, 200);
+    let id = rotate(&root, "wait/s").await;
+
+    // Held in set: the wait runs out and the record says running.
+    let asked = Instant::now();
+    let reply = root.get(&format!("/v1/rotations/{id}?wait=1s")).await;
+    assert_eq!(reply.0, 200, "{reply:?}");
+    assert_eq!(reply.1["status"], "running");
+    assert!(asked.elapsed() >= Duration::from_millis(900), "answered after {:?}", asked.elapsed());
+
+    // A long wait answers once the rotation has ended, not when the wait is over.
+    let waiting = {
+        let root = instance.root();
+        let path = format!("/v1/rotations/{id}?wait=60");
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            (root.get(&path).await, asked.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the wait answered while the rotation was held in set");
+    gate.open("/w/set");
+    let (reply, took) = waiting.await.unwrap();
+    assert_eq!(reply.0, 200, "{reply:?}");
+    assert_eq!(reply.1["status"], "succeeded", "{:#}", reply.1);
+    assert!(took < Duration::from_secs(30), "answered after {took:?}, not when the rotation ended");
+
+    // An ended rotation is answered at once, whatever the wait.
+    let asked = Instant::now();
+    assert_eq!(root.get(&format!("/v1/rotations/{id}?wait=60s")).await.1["status"], "succeeded");
+    assert!(asked.elapsed() < Duration::from_secs(30));
+
+    for bad in ["61s", "soon", "-1", "2m"] {
+        let reply = root.get(&format!("/v1/rotations/{id}?wait={bad}")).await;
+        assert_error(&reply, 400, "invalid_request");
+        assert!(error_message(&reply.1).contains("up to 60s"), "{bad}: {}", reply.1);
+    }
+    let reply = root.get(&format!("/v1/rotations/{id}?whenever=1")).await;
+    assert_error(&reply, 400, "invalid_request");
+}
+
+#[tokio::test]
 async fn a_rotation_whose_plugin_was_deleted_fails_with_a_clear_error() {
     let gate = Gate::start().await;
     let instance = start(&[]);

@@ -4,16 +4,18 @@
 //! callers who may read the secret; everyone else sees error codes.
 
 use super::AppState;
+use super::Query;
 use crate::audit::RequestAudit;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::{Capability, SecretName};
 use crate::rotation::config::{self, ConfigRequest, ConfigView};
-use crate::rotation::state::{self, RotationRecord, Started, Trigger};
+use crate::rotation::state::{self, RotationRecord, Started, Status, Trigger};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 #[utoipa::path(put, path = "/v1/secrets/{name}:rotation", tag = "rotation",
     params(("name" = String, Path)), request_body = ConfigRequest,
@@ -153,23 +155,65 @@ pub async fn history(st: AppState, caller: Caller, name: SecretName, q: HistoryP
     Ok(Json(History { rotations, next_page_token }))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GetParams {
+    /// While the rotation runs, answer when it ends or after this long,
+    /// whichever is first: a duration (`30s`) or seconds, at most 60 s.
+    /// Default: answer at once.
+    wait: Option<String>,
+}
+
+/// The longest `wait` of `GET /v1/rotations/{id}`.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+fn parse_wait(wait: &str) -> Result<Duration> {
+    let parsed = match wait.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(wait),
+    };
+    match parsed {
+        Ok(d) if d <= MAX_WAIT => Ok(d),
+        _ => Err(Error::invalid(format!("wait {wait:?}: give a duration up to 60s, such as 30s, or seconds"))),
+    }
+}
+
+async fn load(st: &AppState, id: &str) -> Result<state::RotationRow> {
+    let rid = id.to_owned();
+    st.store.read(move |conn, _| state::load(conn, &rid)).await?.ok_or_else(|| state::error_for_missing(id))
+}
+
 #[utoipa::path(get, path = "/v1/rotations/{id}", tag = "rotation",
-    params(("id" = String, Path)),
-    responses((status = 200, description = "`error` and each attempt's `log` only with `read` on the secret", body = RotationRecord),
+    params(("id" = String, Path), GetParams),
+    responses((status = 200, description = "`error` and each attempt's `log` only with `read` on the secret; with `wait`, once the rotation is no longer running or the wait is over (then still `running`)", body = RotationRecord),
+              (status = 400, description = "`wait` is not a duration up to 60 s", body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody)))]
 pub async fn get(
     State(st): State<AppState>,
     audit: RequestAudit,
     caller: Result<Caller>,
     Path(id): Path<String>,
+    Query(q): Query<GetParams>,
 ) -> Result<Json<RotationRecord>> {
     audit.target("rotation.get", &id);
     let caller = caller?;
-    let rid = id.clone();
-    let row =
-        st.store.read(move |conn, _| state::load(conn, &rid)).await?.ok_or_else(|| state::error_for_missing(&id))?;
+    let wait = q.wait.as_deref().map(parse_wait).transpose()?.unwrap_or_default();
+    let deadline = Instant::now() + wait;
+    // Before the first read, so an end between the read and the wait is seen.
+    let mut stopped = st.rotation.watch_stopped();
+    let mut row = load(&st, &id).await?;
     audit.target("rotation.get", &row.secret_name);
     caller.require(Capability::Rotate, &row.secret_name)?;
+    while row.status == Status::Running {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // Woken when any rotation stops being driven; a rotation ended by
+        // another path (overtaken by a break glass) is seen within a second.
+        let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), stopped.changed()).await;
+        row = load(&st, &id).await?;
+    }
     let reveal = caller.allows(Capability::Read, &row.secret_name);
     st.store.read(move |conn, keys| state::record(conn, keys, row, reveal)).await.map(Json)
 }

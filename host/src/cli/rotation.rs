@@ -6,7 +6,6 @@ use anyhow::{Context, bail};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RotationCommand {
@@ -144,12 +143,12 @@ pub async fn rotate(args: ClientArgs, name: String, wait: bool) -> anyhow::Resul
         });
         return Ok(());
     }
+    // The server answers when the rotation ends, or after 20 s still running.
     let record = loop {
-        let record = c.call(Method::GET, &format!("/v1/rotations/{id}"), None).await?;
+        let record = c.call(Method::GET, &format!("/v1/rotations/{id}?wait=20s"), None).await?;
         if record["status"] != "running" {
             break record;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     };
     c.print(&record, print_record);
     if record["status"] != "succeeded" {

@@ -73,6 +73,9 @@ pub struct Engine {
     committer: commit::Committer,
     /// Rotations this process is driving, so none is driven twice.
     driving: Mutex<HashSet<String>>,
+    /// Moves each time a rotation stops being driven (it ended, or waits
+    /// to retry), for requests waiting on one (`GET /v1/rotations/ID?wait=`).
+    stopped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Engine {
@@ -97,6 +100,7 @@ impl Engine {
             alerts,
             settings,
             wake: Notify::new(),
+            stopped: tokio::sync::watch::Sender::new(0),
             driving: Mutex::new(HashSet::new()),
         });
         let unfinished = engine.store.read(|c, _| state::running(c)).await?;
@@ -136,6 +140,13 @@ impl Engine {
     fn finished_driving(&self, id: &str) {
         self.driving.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.wake.notify_one();
+        self.stopped.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes whenever a rotation stops being driven; subscribe before
+    /// reading a rotation's row, then wait for a change to read it again.
+    pub fn watch_stopped(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.stopped.subscribe()
     }
 
     /// Tells the scheduler to look again (a config was set or removed).
