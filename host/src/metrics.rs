@@ -5,7 +5,6 @@
 //! never from request input such as a secret name: unbounded label values
 //! would blow up the scraper, and this keeps names out of metrics entirely.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{LazyLock, Mutex};
 
@@ -159,10 +158,11 @@ struct Family {
 }
 
 impl Family {
-    fn key(&self, values: &[&str]) -> Vec<String> {
-        // A wrong count is a bug in the caller; pad or cut rather than panic on a request path.
+    /// The label values, as many as the family has labels: a wrong count is
+    /// a bug in the caller; padded or cut rather than a panic on a request path.
+    fn values<'a>(&self, values: &'a [&'a str]) -> impl Iterator<Item = &'a str> + Clone {
         debug_assert_eq!(values.len(), self.labels.len(), "labels of {}", self.name);
-        (0..self.labels.len()).map(|i| values.get(i).copied().unwrap_or("").to_owned()).collect()
+        (0..self.labels.len()).map(|i| values.get(i).copied().unwrap_or(""))
     }
 
     fn header(&self, out: &mut String, kind: &str) {
@@ -200,14 +200,46 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A family's series by label values. Every API request updates two of
+/// them, so a series that exists is found without allocating; a family
+/// has few (label values come from code), so a scan finds it.
+struct Series<V> {
+    values: Mutex<Vec<(Vec<String>, V)>>,
+}
+
+impl<V: Clone> Series<V> {
+    fn new() -> Self {
+        Series { values: Mutex::new(Vec::new()) }
+    }
+
+    /// Applies `f` to the series of `labels`, made with `init` if new.
+    fn update(&self, family: &Family, labels: &[&str], init: impl FnOnce() -> V, f: impl FnOnce(&mut V)) {
+        let wanted = family.values(labels);
+        let mut values = lock(&self.values);
+        let found = values.iter().position(|(key, _)| key.iter().map(String::as_str).eq(wanted.clone()));
+        let at = found.unwrap_or_else(|| {
+            values.push((wanted.map(str::to_owned).collect(), init()));
+            values.len() - 1
+        });
+        f(&mut values[at].1);
+    }
+
+    /// Every series, ordered by label values.
+    fn sorted(&self) -> Vec<(Vec<String>, V)> {
+        let mut all = lock(&self.values).clone();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
 pub struct Counter {
     family: Family,
-    values: Mutex<BTreeMap<Vec<String>, u64>>,
+    values: Series<u64>,
 }
 
 impl Counter {
     fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Counter { family: Family { name, help, labels }, values: Mutex::new(BTreeMap::new()) }
+        Counter { family: Family { name, help, labels }, values: Series::new() }
     }
 
     pub fn inc(&self, labels: &[&str]) {
@@ -215,39 +247,39 @@ impl Counter {
     }
 
     pub fn add(&self, labels: &[&str], n: u64) {
-        *lock(&self.values).entry(self.family.key(labels)).or_insert(0) += n;
+        self.values.update(&self.family, labels, || 0, |v| *v += n);
     }
 
     fn render(&self, out: &mut String) {
         self.family.header(out, "counter");
-        for (key, v) in lock(&self.values).iter() {
-            let _ = writeln!(out, "{}{} {v}", self.family.name, self.family.label_set(key, None));
+        for (key, v) in self.values.sorted() {
+            let _ = writeln!(out, "{}{} {v}", self.family.name, self.family.label_set(&key, None));
         }
     }
 }
 
 pub struct Gauge {
     family: Family,
-    values: Mutex<BTreeMap<Vec<String>, f64>>,
+    values: Series<f64>,
 }
 
 impl Gauge {
     fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Gauge { family: Family { name, help, labels }, values: Mutex::new(BTreeMap::new()) }
+        Gauge { family: Family { name, help, labels }, values: Series::new() }
     }
 
     pub fn set(&self, labels: &[&str], v: f64) {
-        lock(&self.values).insert(self.family.key(labels), v);
+        self.values.update(&self.family, labels, || v, |old| *old = v);
     }
 
     pub fn add(&self, labels: &[&str], d: f64) {
-        *lock(&self.values).entry(self.family.key(labels)).or_insert(0.0) += d;
+        self.values.update(&self.family, labels, || 0.0, |v| *v += d);
     }
 
     fn render(&self, out: &mut String) {
         self.family.header(out, "gauge");
-        for (key, v) in lock(&self.values).iter() {
-            let _ = writeln!(out, "{}{} {}", self.family.name, self.family.label_set(key, None), number(*v));
+        for (key, v) in self.values.sorted() {
+            let _ = writeln!(out, "{}{} {}", self.family.name, self.family.label_set(&key, None), number(v));
         }
     }
 }
@@ -255,9 +287,10 @@ impl Gauge {
 pub struct Histogram {
     family: Family,
     buckets: &'static [f64],
-    values: Mutex<BTreeMap<Vec<String>, Observed>>,
+    values: Series<Observed>,
 }
 
+#[derive(Clone)]
 struct Observed {
     /// Per-bucket (not cumulative) counts; the last slot is +Inf.
     counts: Vec<u64>,
@@ -266,31 +299,30 @@ struct Observed {
 
 impl Histogram {
     fn new(name: &'static str, help: &'static str, labels: &'static [&'static str], buckets: &'static [f64]) -> Self {
-        Histogram { family: Family { name, help, labels }, buckets, values: Mutex::new(BTreeMap::new()) }
+        Histogram { family: Family { name, help, labels }, buckets, values: Series::new() }
     }
 
     pub fn observe(&self, labels: &[&str], v: f64) {
         let slot = self.buckets.iter().position(|b| v <= *b).unwrap_or(self.buckets.len());
-        let mut values = lock(&self.values);
-        let o = values
-            .entry(self.family.key(labels))
-            .or_insert_with(|| Observed { counts: vec![0; self.buckets.len() + 1], sum: 0.0 });
-        o.counts[slot] += 1;
-        o.sum += v;
+        let init = || Observed { counts: vec![0; self.buckets.len() + 1], sum: 0.0 };
+        self.values.update(&self.family, labels, init, |o| {
+            o.counts[slot] += 1;
+            o.sum += v;
+        });
     }
 
     fn render(&self, out: &mut String) {
         self.family.header(out, "histogram");
         let name = self.family.name;
-        for (key, o) in lock(&self.values).iter() {
+        for (key, o) in self.values.sorted() {
             let mut cumulative = 0;
             let bounds = self.buckets.iter().map(|b| number(*b)).chain(std::iter::once("+Inf".to_owned()));
             for (bound, count) in bounds.zip(&o.counts) {
                 cumulative += count;
-                let labels = self.family.label_set(key, Some(("le", &bound)));
+                let labels = self.family.label_set(&key, Some(("le", &bound)));
                 let _ = writeln!(out, "{name}_bucket{labels} {cumulative}");
             }
-            let labels = self.family.label_set(key, None);
+            let labels = self.family.label_set(&key, None);
             let _ = writeln!(out, "{name}_sum{labels} {}", number(o.sum));
             let _ = writeln!(out, "{name}_count{labels} {cumulative}");
         }
@@ -300,6 +332,27 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_is_kept_once_per_label_values_and_rendered_in_order() {
+        let m = Metrics::new();
+        for route in ["/v1/tokens", "/v1/health", "/v1/tokens", "/v1/audit"] {
+            m.http_requests.inc(&[route, "GET", "200"]);
+        }
+        let text = m.render();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("tumbler_http_requests_total{")).collect();
+        assert_eq!(
+            lines,
+            [
+                r#"tumbler_http_requests_total{route="/v1/audit",method="GET",status="200"} 1"#,
+                r#"tumbler_http_requests_total{route="/v1/health",method="GET",status="200"} 1"#,
+                r#"tumbler_http_requests_total{route="/v1/tokens",method="GET",status="200"} 2"#,
+            ]
+        );
+        m.leases_active.set(&[], 3.0);
+        m.leases_active.add(&[], -1.0);
+        assert!(m.render().contains("tumbler_leases_active 2\n"));
+    }
 
     #[test]
     fn renders_prometheus_text() {

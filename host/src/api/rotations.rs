@@ -243,6 +243,6 @@ pub async fn break_glass(
         return Err(Error::invalid("reason: say why, in 1 to 1000 characters (it goes into the audit log)"));
     }
     audit.detail("reason", &reason);
-    let started = st.rotation.break_glass(name, reason, caller.token_name.clone(), &audit).await?;
+    let started = st.rotation.break_glass(name, reason, caller.token_name.to_string(), &audit).await?;
     Ok((StatusCode::ACCEPTED, Json(started)))
 }

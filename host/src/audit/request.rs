@@ -111,11 +111,14 @@ impl RequestAudit {
     /// requests). An error means the response must not be sent.
     pub async fn finish(&self, status: StatusCode, error_code: Option<&str>, durability: Durability) -> Result<()> {
         let entry = {
-            let state = self.state();
+            let mut state = self.state();
             if state.written || state.failed {
                 return Ok(());
             }
-            let mut entry = state.entry.clone();
+            // The last use of the record: taken, not copied (a second
+            // finish has nothing left to write).
+            state.written = true;
+            let mut entry = std::mem::take(&mut state.entry);
             entry.time = now_millis();
             entry.status = Some(status.as_u16());
             entry.outcome = match error_code {

@@ -75,9 +75,10 @@ pub fn validate_policy_name(name: &str) -> Result<()> {
 /// The authenticated caller of one request.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub token_id: String,
-    pub token_name: String,
-    pub policies: Vec<String>,
+    // Shared, as `rules`: cloned out of the cache for every request.
+    pub token_id: Arc<str>,
+    pub token_name: Arc<str>,
+    pub policies: Arc<[String]>,
     pub expires_at: Option<i64>,
     root: bool,
     /// Shared: a caller is cloned out of the cache for every request.
@@ -153,9 +154,9 @@ fn authenticate_hash(conn: &Connection, hash: &[u8; 32]) -> Result<Caller> {
         }
     }
     Ok(Caller {
-        token_id: row.id,
-        token_name: row.name,
-        policies: row.policies,
+        token_id: row.id.into(),
+        token_name: row.name.into(),
+        policies: row.policies.into(),
         expires_at: row.expires_at,
         root,
         rules: rules.into(),
@@ -222,7 +223,7 @@ pub fn mint(tx: &Transaction<'_>, parent: Option<&Caller>, req: MintRequest) -> 
             name: &req.name,
             hash: &hash_token(&token),
             policies: &req.policies,
-            parent_id: parent.map(|p| p.token_id.as_str()),
+            parent_id: parent.map(|p| &*p.token_id),
             created_at: now,
             expires_at,
         },

@@ -318,7 +318,7 @@ impl Leases {
             .await?;
         let resource = roles::resource(&role.name);
         caller.require(crate::model::Capability::Read, &resource)?;
-        if l.token_id != caller.token_id && !caller.allows(crate::model::Capability::Admin, &resource) {
+        if *l.token_id != *caller.token_id && !caller.allows(crate::model::Capability::Admin, &resource) {
             return Err(Error::forbidden(format!(
                 "lease '{id}' was issued to another token; only its holder or an admin of {resource} may act on it"
             )));
