@@ -4,7 +4,6 @@
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use tumbler::plugins::bindings::tumbler::rotator::types::StepInput;
 use tumbler::plugins::cache::ComponentCache;
@@ -20,7 +19,7 @@ pub fn fixture_path(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let root = workspace_root();
     BUILT.get_or_init(|| {
-        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        let status = crate::cargo()
             .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
             .arg(root.join("plugins/Cargo.toml"))
             .env_remove("CARGO_TARGET_DIR")

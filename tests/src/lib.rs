@@ -70,21 +70,51 @@ pub fn tumbler_bin() -> &'static Path {
     BIN.get_or_init(|| build_tumbler(std::env::var_os("TUMBLER_TEST_RELEASE").is_some()))
 }
 
+/// Variables cargo sets for the test or bench binary it runs (its own
+/// package's manifest dir, name, version...). A nested cargo must not see
+/// them: build scripts that track one (ring's tracks `CARGO_MANIFEST_DIR`)
+/// would then be rerun, and everything above them rebuilt, each time a
+/// build alternates between a test run and a shell.
+const CARGO_RUN_VARS: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_BIN_EXE_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
+/// A `cargo` command (the one running the tests, else `cargo` on PATH)
+/// with the environment of the running test binary's package removed.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_RUN_VARS.iter().any(|v| if v.ends_with('_') { name.starts_with(v) } else { name == *v }) {
+            cmd.env_remove(&*name);
+        }
+    }
+    cmd
+}
+
 fn build_tumbler(release: bool) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target = target_dir();
     let profile = if release { "release" } else { "debug" };
     let mut args = vec!["build", "-p", "tumbler", "--bin", "tumbler"];
     if release {
         args.push("--release");
     }
-    let output = Command::new(&cargo)
+    let output = cargo()
         .args(&args)
         .current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", &target)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build tumbler: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run cargo to build tumbler: {e}"));
     if !output.status.success() {
         panic!("`cargo {}` failed ({}):\n{}", args.join(" "), output.status, String::from_utf8_lossy(&output.stderr));
     }

@@ -7,7 +7,6 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use tumbler::crypto::MasterKey;
 use tumbler::model::{Label, SecretName, SecretValue};
@@ -57,7 +56,7 @@ fn harness() -> &'static Harness {
 /// Builds the fixture (a no-op when it is up to date) and returns its path.
 fn probe_wasm() -> PathBuf {
     let root = workspace_root();
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let status = tumbler_tests::cargo()
         .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "test-probe", "--manifest-path"])
         .arg(root.join("plugins/Cargo.toml"))
         // The fixture lands in plugins/target, whatever this build uses.

@@ -48,7 +48,7 @@ fn runtime() -> &'static Arc<Runtime> {
 /// loads it.
 async fn load(name: &str) -> LoadedPlugin {
     let root = workspace_root();
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let status = tumbler_tests::cargo()
         .args(["build", "--release", "--target", "wasm32-wasip2", "-p", name, "--manifest-path"])
         .arg(root.join("plugins/Cargo.toml"))
         // The component lands in plugins/target, whatever this build uses.
