@@ -245,16 +245,25 @@ async fn bad_configs_are_refused_naming_the_field() {
 /// restarts it and checks the rotation resumes from that step and
 /// completes, with `current` readable and valid throughout and no version
 /// duplicated.
+/// Starts a rotation of `secret` (created as "initial-value") with the gate
+/// plugin, held in `step` until the test opens `/{step}`; returns the
+/// secret's first version id and the rotation's id once the plugin waits
+/// at the gate (within `within`).
+async fn rotation_held_in(gate: &Gate, root: &Client, secret: &str, step: &str, within: Duration) -> (String, String) {
+    upload(root, "gate", "test-gate").await;
+    let v0 = root.create_secret(secret, "initial-value").await;
+    gate.close(&format!("/{step}"));
+    assert_eq!(set_rotation(root, secret, gate_config(gate, "")).await.0, 200);
+    let id = rotate(root, secret).await;
+    gate.wait_for_hits(&format!("/{step}"), 1, within).await;
+    (v0, id)
+}
+
 async fn crash_inside(step: &str) {
     let gate = Gate::start().await;
     let mut instance = start(&[]);
     let root = instance.root();
-    upload(&root, "gate", "test-gate").await;
-    let v0 = root.create_secret("crash/db", "initial-value").await;
-    gate.close(&format!("/{step}"));
-    assert_eq!(set_rotation(&root, "crash/db", gate_config(&gate, "")).await.0, 200);
-    let id = rotate(&root, "crash/db").await;
-    gate.wait_for_hits(&format!("/{step}"), 1, Duration::from_secs(60)).await;
+    let (v0, id) = rotation_held_in(&gate, &root, "crash/db", step, Duration::from_secs(60)).await;
 
     let inside = record(&root, &id).await;
     assert_eq!(inside["step"], step);
@@ -473,11 +482,7 @@ async fn a_wait_on_a_rotation_answers_when_it_ends_or_when_the_wait_is_over() {
     let gate = Gate::start().await;
     let instance = start(&[]);
     let root = instance.root();
-    upload(&root, "gate", "test-gate").await;
-    root.create_secret("wait/s", "initial-value").await;
-    gate.close("/w/set");
-    assert_eq!(set_rotation(&root, "wait/s", gate_config(&gate, "/w")).await.0, 200);
-    let id = rotate(&root, "wait/s").await;
+    let (_, id) = rotation_held_in(&gate, &root, "wait/s", "set", Duration::from_secs(60)).await;
 
     // Held in set: the wait runs out and the record says running.
     let asked = Instant::now();
@@ -497,7 +502,7 @@ async fn a_wait_on_a_rotation_answers_when_it_ends_or_when_the_wait_is_over() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "the wait answered while the rotation was held in set");
-    gate.open("/w/set");
+    gate.open("/set");
     let (reply, took) = waiting.await.unwrap();
     assert_eq!(reply.0, 200, "{reply:?}");
     assert_eq!(reply.1["status"], "succeeded", "{:#}", reply.1);
@@ -522,12 +527,7 @@ async fn a_rotation_whose_plugin_was_deleted_fails_with_a_clear_error() {
     let gate = Gate::start().await;
     let instance = start(&[]);
     let root = instance.root();
-    upload(&root, "gate", "test-gate").await;
-    let v0 = root.create_secret("gone/db", "initial-value").await;
-    gate.close("/create");
-    assert_eq!(set_rotation(&root, "gone/db", gate_config(&gate, "")).await.0, 200);
-    let id = rotate(&root, "gone/db").await;
-    gate.wait_for_hits("/create", 1, Duration::from_secs(30)).await;
+    let (v0, id) = rotation_held_in(&gate, &root, "gone/db", "create", Duration::from_secs(30)).await;
 
     // Pinned by a config: the plugin cannot be removed.
     let reply = root.delete("/v1/plugins/gate").await;

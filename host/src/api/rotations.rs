@@ -165,7 +165,7 @@ pub struct GetParams {
 }
 
 /// The longest `wait` of `GET /v1/rotations/{id}`.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 fn parse_wait(wait: &str) -> Result<Duration> {
     let parsed = match wait.parse::<u64>() {
