@@ -6,6 +6,13 @@ use tumbler::{cli, keyfile, operator, server};
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: a request allocates and frees
+/// many small objects on one thread and the next on another, which glibc's
+/// malloc served with a tenth of the server's CPU under load (its arena
+/// consolidation and free lists); see BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "tumbler", version, about = "Self-hosted secrets manager with sandboxed WebAssembly rotators")]
 struct Cli {

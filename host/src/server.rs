@@ -2,7 +2,7 @@
 //! dir lock, start background jobs and listen, with TLS unless on loopback.
 
 use crate::alerts::{Alerts, Retry};
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Shared};
 use crate::audit::{self, AuditLog, Entry, EntryKind, sink::FileSink};
 use crate::auth;
 use crate::crypto::MasterKey;
@@ -166,7 +166,8 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
     let addr = listener.local_addr()?;
     let tokens = std::sync::Arc::new(auth::TokenCache::default());
     let closing = audit.clone();
-    let app = api::router(AppState { store: running.store.clone(), audit, plugins, rotation, leases, tokens });
+    let app =
+        api::router(AppState::new(Shared { store: running.store.clone(), audit, plugins, rotation, leases, tokens }));
     let handle = axum_server::Handle::new();
     tokio::spawn(shutdown_on_signal(handle.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -30,8 +30,27 @@ use zeroize::{Zeroize, Zeroizing};
 /// Largest request body accepted (values are at most 64 KiB).
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// What every handler shares. Cloned for each request (and by each
+/// extractor that takes it), so it is one `Arc`: a clone of the fields
+/// themselves was eight reference counts up and down a request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub store: Store,
     pub audit: crate::audit::AuditLog,
     pub plugins: std::sync::Arc<crate::plugins::registry::Registry>,
