@@ -4,6 +4,7 @@
 //! an issued credential logs in, and when it stops doing so.
 
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tumbler_tests::servers::{Mariadb, Postgres};
 use tumbler_tests::{Client, Instance, secret_path};
@@ -455,6 +456,23 @@ async fn break_glass_leaves_only_the_new_credential_and_revokes_leases_of_the_se
     assert_eq!(pg_role(&root, &pg, "app", json!({"default_ttl": "10m"})).await.0, 200);
     let l = issue(&root, "app", None).await;
     let lease_user = user_of(&l).0.to_owned();
+    // The issue's admin session is kept idle for the next one (logged in
+    // with the admin password the break glass below invalidates).
+    let admin_sessions = |password: &str| {
+        let out = pg.psql_as(
+            &pg.superuser,
+            password,
+            "postgres",
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE usename = '{}' AND backend_type = 'client backend' \
+                 AND pid <> pg_backend_pid() ORDER BY pid",
+                pg.superuser
+            ),
+        );
+        out.stdout.split_whitespace().map(str::to_owned).collect::<BTreeSet<String>>()
+    };
+    let before = admin_sessions(&pg.password);
+    assert!(!before.is_empty(), "the lease's admin session is kept for reuse");
     let admin_config = json!({"plugin": "postgres", "schedule": "rate(30 days)", "params": {"tls": "disable"},
         "grants": {"sql": [pg.addr()]}});
     assert_eq!(root.put(&format!("{}:rotation", secret_path("db/admin")), &admin_config).await.0, 200);
@@ -463,6 +481,13 @@ async fn break_glass_leaves_only_the_new_credential_and_revokes_leases_of_the_se
     assert_eq!(status, 202, "{started}");
     wait_rotation(&root, started["rotation_id"].as_str().unwrap()).await;
     let admin: Value = serde_json::from_str(&root.read_value("db/admin").await).unwrap();
+    // Sessions logged in with the old admin password are closed when the
+    // break glass ends, not when their idle time (30 s) runs out.
+    let new_password = admin["password"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(10), "the old admin sessions are closed", async || {
+        admin_sessions(&new_password).is_disjoint(&before)
+    })
+    .await;
     eventually(Duration::from_secs(15), "the admin secret's leases are revoked", async || {
         lease(&root, l["lease_id"].as_str().unwrap()).await["state"] == "revoked"
     })

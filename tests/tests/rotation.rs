@@ -523,6 +523,39 @@ async fn a_wait_on_a_rotation_answers_when_it_ends_or_when_the_wait_is_over() {
 }
 
 #[tokio::test]
+async fn a_wait_answers_as_soon_as_a_break_glass_overtakes_the_rotation() {
+    let gate = Gate::start().await;
+    let instance = start(&[]);
+    let root = instance.root();
+    let (_, id) = rotation_held_in(&gate, &root, "wait/b", "set", Duration::from_secs(60)).await;
+    let waiting = {
+        let root = instance.root();
+        let path = format!("/v1/rotations/{id}?wait=60s");
+        tokio::spawn(async move { (root.get(&path).await, Instant::now()) })
+    };
+    // Just past the waiter's first once-a-second re-read, so that the next
+    // one is most of a second away.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!waiting.is_finished(), "the wait answered while the rotation was held in set");
+
+    // The overtaken rotation's executor stays inside `set` (the gate is
+    // shut); its waiter still hears at once, not at its next re-read.
+    let (status, started) = root.post(&format!("{}:revoke", secret_path("wait/b")), &json!({"reason": "leaked"})).await;
+    assert_eq!(status, 202, "{started}");
+    let revoked = Instant::now();
+    let (reply, answered) = waiting.await.unwrap();
+    assert_eq!(reply.0, 200, "{reply:?}");
+    assert_eq!(reply.1["status"], "failed", "{:#}", reply.1);
+    assert_eq!(reply.1["error_code"], "overtaken", "{:#}", reply.1);
+    let after = answered.saturating_duration_since(revoked);
+    assert!(after < Duration::from_millis(500), "answered {after:?} after the break glass");
+
+    gate.open("/set");
+    let broken = wait_end(&root, started["rotation_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(broken["status"], "succeeded", "{broken:#}");
+}
+
+#[tokio::test]
 async fn a_rotation_whose_plugin_was_deleted_fails_with_a_clear_error() {
     let gate = Gate::start().await;
     let instance = start(&[]);

@@ -209,8 +209,8 @@ pub async fn get(
         if left.is_zero() {
             break;
         }
-        // Woken when any rotation stops being driven; a rotation ended by
-        // another path (overtaken by a break glass) is seen within a second.
+        // Woken when any rotation stops being driven or is overtaken by a
+        // break glass; the once-a-second re-read is a fallback.
         let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), stopped.changed()).await;
         row = load(&st, &id).await?;
     }

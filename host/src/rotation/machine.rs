@@ -105,6 +105,13 @@ async fn drive_inner(
                     break;
                 }
                 Next::Ended(ended) => {
+                    if ended.emergency && ended.status == Status::Succeeded {
+                        // Idle database sessions may have logged in with a
+                        // password this break glass just invalidated (an
+                        // admin secret's): close them rather than let them
+                        // live out their idle time.
+                        crate::plugins::capabilities::sql::close_idle_sessions();
+                    }
                     report(engine, &ended);
                     return Ok(());
                 }

@@ -140,6 +140,11 @@ impl Engine {
     fn finished_driving(&self, id: &str) {
         self.driving.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.wake.notify_one();
+        self.rotation_stopped();
+    }
+
+    /// Tells whoever waits on [`Engine::watch_stopped`] to read again.
+    fn rotation_stopped(&self) {
         self.stopped.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -188,6 +193,11 @@ impl Engine {
             .await?;
         if broken.started.already_running {
             return Ok(broken.started);
+        }
+        if broken.overtaken.is_some() {
+            // Ended in that transaction, while its executor may still be
+            // inside a plugin step: waiters hear now, not when it returns.
+            self.rotation_stopped();
         }
         self.alerts.raise(crate::alerts::Alert::break_glass(name.as_str(), &token_name));
         self.leases.wake();

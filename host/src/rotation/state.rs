@@ -342,6 +342,8 @@ pub struct Ended {
     pub step: Step,
     pub status: Status,
     pub error_code: Option<String>,
+    /// A break glass: every older credential is invalid now.
+    pub emergency: bool,
 }
 
 /// How a step attempt ended.
@@ -656,6 +658,7 @@ fn end(
         .with_detail("status", status.as_str());
     audit.append_in(tx, keys, &[entry])?;
     Ok(Next::Ended(Ended {
+        emergency: row.trigger == Trigger::BreakGlass.as_str(),
         rotation_id: row.id,
         secret: row.secret_name,
         plugin: row.plugin,

@@ -34,6 +34,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// MySQL's `max_allowed_packet`).
 const WIRE_SLACK: usize = 1 << 20;
 
+/// Closes every session kept idle for reuse (see `pool`): after a break
+/// glass, a session logged in with a password it made invalid must not
+/// outlive it.
+pub fn close_idle_sessions() {
+    pool::pool().close_all();
+}
+
 /// A live connection held in the store's resource table.
 pub struct Connection {
     /// `host:port` as granted, for the audit line and messages.

@@ -21,7 +21,8 @@
 //! transaction, was cut at a cap, broke, or fails its reset is closed, not
 //! kept. Passwords are held only as a keyed hash (HMAC-SHA256 under a key
 //! drawn when the process starts), so a changed admin password never finds
-//! the old session.
+//! the old session; a break glass closes every idle session when it ends
+//! (see [`super::close_idle_sessions`]).
 
 use super::Driver;
 use hmac::{Hmac, Mac};
@@ -142,6 +143,13 @@ impl Pool {
             tokio::time::sleep(IDLE_FOR).await;
             self.prune();
         });
+    }
+
+    /// Closes every idle session.
+    pub fn close_all(&self) {
+        let closed = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        // Dropping a driver closes its session.
+        drop(closed);
     }
 
     /// Closes the sessions idle for [`IDLE_FOR`] or longer.
