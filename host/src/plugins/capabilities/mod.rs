@@ -290,7 +290,13 @@ impl PluginState {
             Err(e) => error_kind_name(e.kind),
         };
         let secret = self.call.secret.as_ref().map(|s| s.as_str()).unwrap_or("");
-        tracing::info!(target: "tumbler::audit", plugin = %self.call.plugin, secret, capability, target, outcome, "plugin capability call");
+        // The audit record says it all; the line is for runs without an
+        // audit log (offline tools), or at `debug`.
+        if self.call.audit.is_some() {
+            tracing::debug!(target: "tumbler::audit", plugin = %self.call.plugin, secret, capability, target, outcome, "plugin capability call");
+        } else {
+            tracing::info!(target: "tumbler::audit", plugin = %self.call.plugin, secret, capability, target, outcome, "plugin capability call");
+        }
         let record = self.call.audit.clone().map(|audit| {
             (audit, crate::audit::Entry::plugin_call(secret, &self.call.plugin, capability, target, outcome))
         });
