@@ -13,6 +13,25 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+unsafe extern "C" {
+    /// mimalloc's `mi_option_set` (`mi_option_t` is a C enum).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Keeps mimalloc's resident memory near the system allocator's: by
+/// default it asks for transparent huge pages for its arenas (off at build
+/// time: the `no_thp` feature) and returns freed pages to the system only
+/// after a second, which together more than doubled the idle server's RSS
+/// (50 to 120 MiB). `mi_option_purge_delay` is 15 in mimalloc.h (v3); a
+/// `MIMALLOC_PURGE_DELAY` variable still overrides this.
+fn lean_allocator() {
+    const PURGE_DELAY: std::ffi::c_int = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an option is a plain store mimalloc allows at any time.
+        unsafe { mi_option_set(PURGE_DELAY, 0) };
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "tumbler", version, about = "Self-hosted secrets manager with sandboxed WebAssembly rotators")]
 struct Cli {
@@ -122,6 +141,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    lean_allocator();
     // Before any thread exists: the key leaves the environment, and a crash
     // can never write memory holding secrets to a core file.
     let env_key = keyfile::take_env_master_key();
