@@ -67,7 +67,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10, requires = "audit_file")]
     pub audit_file_keep: u32,
     /// Rotations whose steps may run at once, across all secrets.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = crate::rotation::DEFAULT_CONCURRENCY)]
     pub rotation_concurrency: usize,
     /// Attempts per rotation step before the rotation fails (a config may say otherwise).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]

@@ -31,6 +31,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
+/// Rotations whose steps may run at once by default. A step mostly waits
+/// on its target (a database, a host, an API) or on a commit, so a low
+/// limit leaves the machine idle: 10,000 due `noop` rotations ran at
+/// 341/s with 4 and 506/s with 16 (BENCHMARKS.md).
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
 /// How the engine runs; `serve` flags set these.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -43,7 +49,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { concurrency: 4, max_attempts: 5, backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 } }
+        Settings {
+            concurrency: DEFAULT_CONCURRENCY,
+            max_attempts: 5,
+            backoff: state::Backoff { base_ms: 1_000, max_ms: 300_000 },
+        }
     }
 }
 
