@@ -98,6 +98,10 @@ struct Running {
 }
 
 pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow::Result<()> {
+    // Taken over before anything is opened: a SIGTERM or Ctrl-C during
+    // start-up then ends the server as soon as it serves, cleanly (the
+    // dev server's throwaway dir removed), instead of killing it midway.
+    let signals = Signals::take_over()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
             axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -169,7 +173,7 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
     let app =
         api::router(AppState::new(Shared { store: running.store.clone(), audit, plugins, rotation, leases, tokens }));
     let handle = axum_server::Handle::new();
-    tokio::spawn(shutdown_on_signal(handle.clone()));
+    tokio::spawn(signals.shut_down(handle.clone()));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, scheme, "serving");
     println!("listening on {scheme}://{addr}");
@@ -260,15 +264,29 @@ fn spawn_purge_job(audit: AuditLog) {
     });
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the start of `serve` on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take_over() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
     }
-    tracing::info!("shutting down");
-    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+
+    /// Shuts the server down gracefully at the first signal (one that came
+    /// during start-up counts).
+    async fn shut_down(mut self, handle: axum_server::Handle) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    }
 }

@@ -861,6 +861,34 @@ async fn dev_mode_uses_the_given_root_token() {
     assert_error(&c.with_token(Some("dev-root-wrong")).list(&[]).await, 401, "unauthorized");
 }
 
+#[test]
+fn a_dev_server_stopped_while_it_starts_still_removes_its_throwaway_dir() {
+    use std::io::BufRead;
+    let mut child = Command::new(tumbler_bin())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Printed once the store exists, before the built-in plugins are
+    // compiled and long before it listens.
+    let dir = loop {
+        let line = lines.next().expect("the dev server said where its store is").unwrap();
+        if let Some(rest) = line.split("throwaway store in ").nth(1) {
+            break PathBuf::from(rest.split(" (").next().unwrap());
+        }
+    };
+    assert!(dir.exists(), "{}", dir.display());
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "ended by the signal instead of shutting down: {status:?}");
+    assert!(rest.iter().any(|l| l.starts_with("listening on")), "{rest:?}");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
 // ---------------------------------------------------------------------------
 // the CLI client
 // ---------------------------------------------------------------------------
