@@ -120,6 +120,17 @@ async fn uploading_needs_admin_on_the_plugin_name() {
     let token = root.create_token("reader", &["plugin-reader"], "1h").await;
     let reader = root.with_token(Some(&token.token));
     assert_error(&upload(&reader, "x", fixture_bytes("test-loop")).await, 403, "forbidden");
+    // Refused before its body was read: the response says the connection
+    // closes, so no client sends its next request on it.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/plugins/x", reader.base_url()))
+        .bearer_auth(&token.token)
+        .body(fixture_bytes("test-loop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(refused.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
     assert_eq!(reader.get("/v1/plugins/noop").await.0, 200);
     assert_error(&instance.client(None).get("/v1/plugins").await, 401, "unauthorized");
 }

@@ -31,6 +31,7 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
     // The template, never the path: a path holds a secret name, and label
     // values from input would grow without bound.
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let sends_body = req.version() <= axum::http::Version::HTTP_11 && carries_body(req.headers());
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
     let audit = (!UNAUDITED.contains(&route.as_str()))
         .then(|| RequestAudit::new(st.audit.clone(), &request_id, &client, format!("{method} {route}")));
@@ -57,6 +58,13 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
         log_finished(status, latency);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if sends_body && (status.is_client_error() || status.is_server_error()) {
+            // A refusal may come before the body was read (an upload
+            // without the right): the connection cannot carry another
+            // request, and saying so keeps a client from sending its
+            // next one on it as the server closes it.
+            response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -102,6 +110,12 @@ async fn finish_audit(audit: &RequestAudit, method: &Method, response: Response)
         Ok(()) => response,
         Err(e) => e.into_response(),
     }
+}
+
+/// Whether an HTTP/1 request has a body on the wire after its head.
+fn carries_body(headers: &HeaderMap) -> bool {
+    use axum::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    headers.contains_key(TRANSFER_ENCODING) || headers.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// The caller's `X-Request-Id` if it is 1-64 characters of `[A-Za-z0-9._:-]`
