@@ -259,6 +259,18 @@ async fn rotation_held_in(gate: &Gate, root: &Client, secret: &str, step: &str, 
     (v0, id)
 }
 
+/// `GET /v1/rotations/ID?wait=WAIT` on a task of its own: the reply, when
+/// it was asked and when it was answered.
+fn wait_in_background(instance: &Instance, id: &str, wait: &str) -> tokio::task::JoinHandle<(Reply, Instant, Instant)> {
+    let root = instance.root();
+    let path = format!("/v1/rotations/{id}?wait={wait}");
+    tokio::spawn(async move {
+        let asked = Instant::now();
+        let reply = root.get(&path).await;
+        (reply, asked, Instant::now())
+    })
+}
+
 async fn crash_inside(step: &str) {
     let gate = Gate::start().await;
     let mut instance = start(&[]);
@@ -492,18 +504,12 @@ async fn a_wait_on_a_rotation_answers_when_it_ends_or_when_the_wait_is_over() {
     assert!(asked.elapsed() >= Duration::from_millis(900), "answered after {:?}", asked.elapsed());
 
     // A long wait answers once the rotation has ended, not when the wait is over.
-    let waiting = {
-        let root = instance.root();
-        let path = format!("/v1/rotations/{id}?wait=60");
-        tokio::spawn(async move {
-            let asked = Instant::now();
-            (root.get(&path).await, asked.elapsed())
-        })
-    };
+    let waiting = wait_in_background(&instance, &id, "60");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "the wait answered while the rotation was held in set");
     gate.open("/set");
-    let (reply, took) = waiting.await.unwrap();
+    let (reply, asked, answered) = waiting.await.unwrap();
+    let took = answered - asked;
     assert_eq!(reply.0, 200, "{reply:?}");
     assert_eq!(reply.1["status"], "succeeded", "{:#}", reply.1);
     assert!(took < Duration::from_secs(30), "answered after {took:?}, not when the rotation ended");
@@ -528,11 +534,7 @@ async fn a_wait_answers_as_soon_as_a_break_glass_overtakes_the_rotation() {
     let instance = start(&[]);
     let root = instance.root();
     let (_, id) = rotation_held_in(&gate, &root, "wait/b", "set", Duration::from_secs(60)).await;
-    let waiting = {
-        let root = instance.root();
-        let path = format!("/v1/rotations/{id}?wait=60s");
-        tokio::spawn(async move { (root.get(&path).await, Instant::now()) })
-    };
+    let waiting = wait_in_background(&instance, &id, "60s");
     // Just past the waiter's first once-a-second re-read, so that the next
     // one is most of a second away.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -543,7 +545,7 @@ async fn a_wait_answers_as_soon_as_a_break_glass_overtakes_the_rotation() {
     let (status, started) = root.post(&format!("{}:revoke", secret_path("wait/b")), &json!({"reason": "leaked"})).await;
     assert_eq!(status, 202, "{started}");
     let revoked = Instant::now();
-    let (reply, answered) = waiting.await.unwrap();
+    let (reply, _, answered) = waiting.await.unwrap();
     assert_eq!(reply.0, 200, "{reply:?}");
     assert_eq!(reply.1["status"], "failed", "{:#}", reply.1);
     assert_eq!(reply.1["error_code"], "overtaken", "{:#}", reply.1);
