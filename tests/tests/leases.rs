@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use tumbler_tests::servers::{Mariadb, Postgres};
-use tumbler_tests::{Client, Instance, secret_path};
+use tumbler_tests::{Client, Instance, assert_error, error_message, secret_path};
 
 /// Fast retries, and room for the 200-lease test.
 const SERVE_ARGS: &[&str] = &[
@@ -159,7 +159,12 @@ async fn postgres_leases_log_in_expire_renew_up_to_the_max_and_revoke() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("max TTL"), "{body}");
 
-    // Revoke now: refused at once, the role is gone.
+    // Revoke now: refused at once, the role is gone. A body with fields
+    // is refused first, and revokes nothing.
+    let reply = root.post(&format!("/v1/leases/{id}:revoke"), &json!({"reason": "x"})).await;
+    assert_error(&reply, 400, "invalid_request");
+    assert!(error_message(&reply.1).contains("POST :revoke takes no request body"), "{reply:?}");
+    assert!(pg_logs_in(&pg, user, password), "a refused revoke leaves the credential working");
     let (status, body) = root.post(&format!("/v1/leases/{id}:revoke"), &json!({})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "revoked", "{body}");
@@ -170,6 +175,9 @@ async fn postgres_leases_log_in_expire_renew_up_to_the_max_and_revoke() {
     let third = issue(&root, "app", Some("1m")).await;
     let (status, body) = root.delete("/v1/roles/app").await;
     assert_eq!(status, 409, "{body}");
+    let reply = root.post("/v1/roles/app:revoke-all", &json!({"force": true})).await;
+    assert_error(&reply, 400, "invalid_request");
+    assert!(error_message(&reply.1).contains("POST :revoke-all takes no request body"), "{reply:?}");
     let (status, body) = root.post("/v1/roles/app:revoke-all", &json!({})).await;
     assert_eq!((status, body["revoking"].clone()), (202, json!(1)), "{body}");
     let third_user = user_of(&third).0.to_owned();

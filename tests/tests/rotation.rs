@@ -793,3 +793,78 @@ async fn a_break_glass_overtakes_a_running_rotation_which_never_promotes_its_ver
     assert_eq!(reasons.len(), 2, "both calls are audited: {reasons:#?}");
     assert!(reasons.iter().any(|r| r["detail"]["reason"] == "key pasted in chat"), "{reasons:#?}");
 }
+
+/// Sends `head` then, after a pause (so the body comes in a packet of its
+/// own, as many clients send it), `body` on `stream`; returns the response
+/// head and body.
+async fn exchange_with_late_body(stream: &mut tokio::net::TcpStream, head: &str, body: &[u8]) -> (String, Value) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    if !body.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.write_all(body).await.unwrap();
+    }
+    let mut reader = BufReader::new(stream);
+    let mut response_head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await.unwrap().unwrap();
+        assert!(n > 0, "the connection closed before a whole response head: {response_head:?}");
+        if line == "\r\n" {
+            break;
+        }
+        response_head.push_str(&line);
+    }
+    let length: usize = response_head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .expect("content-length");
+    let mut response_body = vec![0; length];
+    reader.read_exact(&mut response_body).await.unwrap();
+    (response_head, serde_json::from_slice(&response_body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_rotate_with_an_empty_object_keeps_the_connection_and_any_other_body_is_refused() {
+    let mut instance = start(&[]);
+    let root = instance.root();
+    root.create_secret("body/s", "v").await;
+    assert_eq!(set_rotation(&root, "body/s", json!({"plugin": "noop", "schedule": "rate(30 days)"})).await.0, 200);
+    let port = instance.server().port();
+    let token = instance.root_token.clone();
+    let post = |body: &str| {
+        format!(
+            "POST /v1/secrets/body/s:rotate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+
+    // `{}` arriving after the head: answered 202 on a connection that
+    // stays open for the next request.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (head, started) = exchange_with_late_body(&mut stream, &post("{}"), b"{}").await;
+    assert!(head.starts_with("HTTP/1.1 202"), "{head}");
+    assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let id = started["rotation_id"].as_str().expect("rotation_id").to_owned();
+    let get =
+        format!("GET /v1/rotations/{id}?wait=30s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n");
+    let (head, ended) = exchange_with_late_body(&mut stream, &get, b"").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+
+    // A body with fields is refused, naming what to send, and starts nothing.
+    for body in [r#"{"wait": true}"#, "[]", "not json"] {
+        let reply = root
+            .send_raw(
+                reqwest::Method::POST,
+                &format!("{}:rotate", secret_path("body/s")),
+                &[],
+                Some(("application/json", body.as_bytes().to_vec())),
+            )
+            .await;
+        assert_error(&reply, 400, "invalid_request");
+        assert!(error_message(&reply.1).contains("POST :rotate takes no request body"), "{reply:?}");
+    }
+    assert_eq!(history(&root, "body/s").await.len(), 1, "only the first rotation ran");
+}

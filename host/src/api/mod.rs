@@ -161,6 +161,27 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Zeroizing<Vec<u8>>>
     Ok(out)
 }
 
+/// Reads the body of an action that takes none, and accepts it only when
+/// it is empty or `{}` (what many clients send with every POST). Read
+/// before the action runs: left unread, it makes the server close the
+/// connection after its answer, under a client that may already be sending
+/// its next request on it.
+pub async fn no_body(req: Request, action: &str) -> Result<()> {
+    let bytes = read_body(req, MAX_BODY).await?;
+    check_no_body(&bytes, action)
+}
+
+/// The check of [`no_body`] on a body already read.
+pub fn check_no_body(bytes: &[u8], action: &str) -> Result<()> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match parse_json::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(fields)) if fields.is_empty() => Ok(()),
+        _ => Err(Error::invalid(format!("{action} takes no request body: send none, or `{{}}`"))),
+    }
+}
+
 /// Parses JSON; errors name the field and the problem but never echo input.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if bytes.is_empty() {

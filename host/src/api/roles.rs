@@ -2,7 +2,7 @@
 //! `:verb` suffixes like the secrets routes: `:issue`, `:revoke-all` on a
 //! role; `:renew`, `:revoke` on a lease.
 
-use super::{AppState, JsonBody, Query, decode_page_token, encode_page_token, page_limit, parse_json};
+use super::{AppState, JsonBody, Query, check_no_body, decode_page_token, encode_page_token, page_limit, parse_json};
 use crate::audit::RequestAudit;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
@@ -201,6 +201,7 @@ pub async fn post_action(
         Some("revoke-all") => {
             audit.target("lease.revoke_all", &resource);
             caller.require(Capability::Admin, &resource)?;
+            check_no_body(&body, "POST :revoke-all")?;
             let revoking = st.leases.revoke_all(name, &audit).await?;
             Ok((StatusCode::ACCEPTED, Json(RevokingAll { role: name.to_owned(), revoking })).into_response())
         }
@@ -229,6 +230,7 @@ pub async fn lease_action(
         }
         Some("revoke") => {
             audit.target("lease.revoke", id);
+            check_no_body(&body, "POST :revoke")?;
             st.leases.revoke(&caller, id, &audit).await.map(Json)
         }
         Some(other) => Err(Error::not_found(format!("leases have no action ':{other}'; use :renew or :revoke"))),

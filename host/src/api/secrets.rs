@@ -1,7 +1,7 @@
 //! `/v1/secrets`: create, list, describe, patch, versions, labels, values,
 //! soft delete, restore. A name's actions are a `:verb` suffix on its path.
 
-use super::{AppState, JsonBody, Query, parse_query, rotations};
+use super::{AppState, JsonBody, Query, no_body, parse_query, rotations};
 use crate::audit::RequestAudit;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
@@ -122,8 +122,14 @@ pub async fn post_action(
             let JsonBody(body) = JsonBody::from_request(req, &()).await?;
             new_version(audit, caller, name, body).await
         }
-        Action::Restore => restore(audit, caller, name).await.map(IntoResponse::into_response),
-        Action::Rotate => rotations::rotate(st, audit, caller, name).await.map(IntoResponse::into_response),
+        Action::Restore => {
+            no_body(req, "POST :restore").await?;
+            restore(audit, caller, name).await.map(IntoResponse::into_response)
+        }
+        Action::Rotate => {
+            no_body(req, "POST :rotate").await?;
+            rotations::rotate(st, audit, caller, name).await.map(IntoResponse::into_response)
+        }
         Action::Revoke => {
             let JsonBody(body) = JsonBody::from_request(req, &()).await?;
             rotations::break_glass(st, audit, caller, name, body).await.map(IntoResponse::into_response)
