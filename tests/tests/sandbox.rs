@@ -74,6 +74,18 @@ async fn memory_growth_past_the_limit_fails_the_step() {
 }
 
 #[tokio::test]
+async fn memory_a_call_filled_reaches_the_next_call_wiped() {
+    let rt = TestRuntime::new(limits());
+    let plugin = rt.load("test-memhog").await;
+    for round in 0..3 {
+        let filled = rt.runtime.run_step(&plugin, Step::Set, input(json!({})), context("test-memhog", json!({}))).await;
+        assert_eq!(failure(&filled).0, PluginErrorKind::OutOfMemory, "round {round}");
+        let next = rt.runtime.run_step(&plugin, Step::Test, input(json!({})), context("test-memhog", json!({}))).await;
+        assert!(next.result.is_ok(), "round {round}: {:?}\n{}", next.result.err(), next.log);
+    }
+}
+
+#[tokio::test]
 async fn a_panic_or_trap_is_a_clear_error_naming_the_plugin_and_step() {
     let outcome = run("test-trap", Step::Set, json!({}), json!({})).await;
     let (kind, message) = failure(&outcome);

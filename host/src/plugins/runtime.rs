@@ -1,5 +1,12 @@
 //! Compiling, loading and calling plugins. Each call gets a fresh store:
 //! nothing a plugin does in one step survives into the next.
+//!
+//! Instances come from wasmtime's pooling allocator: the memories, tables
+//! and fiber stacks of [`RuntimeLimits::max_concurrent_calls`] calls are
+//! reserved once and reused, so a call does not map and unmap them (on
+//! demand that was most of a step's overhead). A memory is wiped when its
+//! call ends (its pages are decommitted), so a reused slot starts as
+//! zeroes, as a fresh one does.
 
 use super::bindings::tumbler::rotator::types as wit;
 use super::bindings::{Rotator, RotatorPre};
@@ -15,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use zeroize::Zeroizing;
 
@@ -203,13 +210,44 @@ pub struct Runtime {
     cache: ComponentCache,
 }
 
+/// What one plugin's component may hold, at most (a WASI component built
+/// with wit-bindgen holds a few of each: its module, the WASI adapter and
+/// their glue). A component over a bound fails to instantiate, and its
+/// upload is refused.
+const MAX_CORE_INSTANCES_PER_PLUGIN: u32 = 32;
+const MAX_MEMORIES_PER_PLUGIN: u32 = 4;
+const MAX_TABLES_PER_PLUGIN: u32 = 32;
+
+/// The pool: room for every call that may run at once (each has a store of
+/// its own, holding one component instance), so a call never waits for a
+/// slot nor finds none. A memory may grow past the plugin memory limit in
+/// the pool, so that the limit (the store's limiter) is what stops it,
+/// with its own error.
+fn pool_config(limits: &RuntimeLimits) -> PoolingAllocationConfig {
+    let calls = u32::try_from(limits.max_concurrent_calls).unwrap_or(u32::MAX).max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(calls)
+        .total_stacks(calls)
+        .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_PLUGIN)
+        .total_core_instances(calls.saturating_mul(MAX_CORE_INSTANCES_PER_PLUGIN))
+        .max_memories_per_component(MAX_MEMORIES_PER_PLUGIN)
+        .total_memories(calls.saturating_mul(MAX_MEMORIES_PER_PLUGIN))
+        .max_tables_per_component(MAX_TABLES_PER_PLUGIN)
+        .total_tables(calls.saturating_mul(MAX_TABLES_PER_PLUGIN))
+        .max_memory_size(limits.memory_bytes.saturating_mul(2).min(4 << 30));
+    pool
+}
+
 /// How often the epoch advances; a busy plugin yields to tokio this often.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl Runtime {
     pub fn new(limits: RuntimeLimits, cache: ComponentCache) -> anyhow::Result<Arc<Self>> {
         let mut config = Config::new();
-        config.epoch_interruption(true).wasm_component_model(true);
+        config
+            .epoch_interruption(true)
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(&limits)));
         let engine = Engine::new(&config).map_err(wasmtime_error)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasmtime_error)?;

@@ -1,5 +1,8 @@
 //! Fixture: `set` allocates 1 MiB chunks, writing every byte, until the
 //! host's memory limit makes the allocation (and so the step) fail.
+//! `test` takes 48 MiB of fresh memory and fails if any byte of it is not
+//! zero: run after `set` on the same host, it shows whether memory that an
+//! earlier call filled reaches the next one.
 
 use std::hint::black_box;
 
@@ -34,7 +37,14 @@ impl Rotator for Memhog {
     }
 
     fn test(_: &StepInput) -> Result<(), StepError> {
-        Ok(())
+        // `vec![0; n]` asks for zeroed memory; the allocator takes pages
+        // the memory grew by as zero without writing them, so this reads
+        // what the host handed over.
+        let fresh = black_box(vec![0u8; 48 << 20]);
+        match fresh.iter().position(|&b| b != 0) {
+            None => Ok(()),
+            Some(at) => Err(StepError::fatal(format!("fresh memory holds {:#x} at offset {at}", fresh[at]))),
+        }
     }
 
     fn finish(_: &StepInput) -> Result<(), StepError> {
