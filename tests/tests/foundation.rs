@@ -854,11 +854,18 @@ async fn health_is_public_and_openapi_describes_the_api() {
 #[tokio::test]
 async fn dev_mode_uses_the_given_root_token() {
     let root_token = format!("dev-root-{}", random_string(16));
-    let server = Server::start(["--dev", "--dev-root-token", &root_token]);
+    let mut server = Server::start(["--dev", "--dev-root-token", &root_token]);
     let c = Client::new(server.url(), Some(&root_token));
     c.create_secret("app/dev", "dev-value").await;
     assert_eq!(c.read_value("app/dev").await, "dev-value");
     assert_error(&c.with_token(Some("dev-root-wrong")).list(&[]).await, 401, "unauthorized");
+    // Stopped as an operator stops it, it takes its throwaway store along.
+    let said = server.stdout();
+    let dir = said.split("throwaway store in ").nth(1).and_then(|rest| rest.split(" (").next());
+    let dir = PathBuf::from(dir.unwrap_or_else(|| panic!("the dev server said where its store is: {said}")));
+    assert!(dir.exists(), "{}", dir.display());
+    assert!(server.stop().success());
+    assert!(!dir.exists(), "{} is left behind", dir.display());
 }
 
 #[test]
