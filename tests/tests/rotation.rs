@@ -853,6 +853,18 @@ async fn a_rotate_with_an_empty_object_keeps_the_connection_and_any_other_body_i
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(ended["status"], "succeeded", "{ended}");
 
+    // A body the route never reads (a GET's) is answered, and the answer
+    // says the connection closes, since the body is still on the wire.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let get_with_body = format!(
+        "GET /v1/rotations/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 2\r\n\r\n"
+    );
+    let (head, record) = exchange_with_late_body(&mut stream, &get_with_body, b"{}").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+
     // A body with fields is refused, naming what to send, and starts nothing.
     for body in [r#"{"wait": true}"#, "[]", "not json"] {
         let reply = root

@@ -1,13 +1,15 @@
 //! What wraps every request: a request id (taken from a sane `X-Request-Id`
 //! or made here, returned in `x-request-id`), a tracing span, metrics by
 //! route template, and the audit record — a response whose record cannot
-//! be written is replaced by 503 and never sent.
+//! be written is replaced by 503 and never sent. A response to a request
+//! whose body was not read to its end says `Connection: close`.
 
 use super::AppState;
 use crate::audit::RequestAudit;
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::metrics;
 use crate::store::Durability;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -15,6 +17,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tracing::{Instrument, Level};
 
@@ -31,7 +37,12 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
     // The template, never the path: a path holds a secret name, and label
     // values from input would grow without bound.
     let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
-    let sends_body = req.version() <= axum::http::Version::HTTP_11 && carries_body(req.headers());
+    let body_read = (req.version() <= axum::http::Version::HTTP_11 && carries_body(req.headers())).then(|| {
+        let ended = Arc::new(AtomicBool::new(false));
+        let watched = ended.clone();
+        req = std::mem::take(&mut req).map(|inner| Body::new(ReadToEnd { inner, ended: watched }));
+        ended
+    });
     let client = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
     let audit = (!UNAUDITED.contains(&route.as_str()))
         .then(|| RequestAudit::new(st.audit.clone(), &request_id, &client, format!("{method} {route}")));
@@ -59,11 +70,12 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
-        if sends_body && (status.is_client_error() || status.is_server_error()) {
-            // A refusal may come before the body was read (an upload
-            // without the right): the connection cannot carry another
-            // request, and saying so keeps a client from sending its
-            // next one on it as the server closes it.
+        if body_read.is_some_and(|ended| !ended.load(Ordering::Acquire)) {
+            // The rest of the body is still on the wire (a refusal before
+            // an upload was read, a body sent to a route that takes none):
+            // the connection cannot carry another request, and saying so
+            // keeps a client from sending its next one on it as the
+            // server closes it.
             response.headers_mut().insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
@@ -109,6 +121,36 @@ async fn finish_audit(audit: &RequestAudit, method: &Method, response: Response)
     match audit.finish(status, code, durability).await {
         Ok(()) => response,
         Err(e) => e.into_response(),
+    }
+}
+
+/// A request body that notes when it has been read to its end.
+struct ReadToEnd {
+    inner: Body,
+    ended: Arc<AtomicBool>,
+}
+
+impl HttpBody for ReadToEnd {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
