@@ -228,7 +228,7 @@ pub async fn read_path(report: &Report) {
     ));
     section.note(format!(
         "tumbler: a release `tumbler serve` with the shipped defaults (root token checked, the read audited: its \
-         record is committed to SQLite's WAL, which is synced every second, before the {body_len}-byte body is sent). \
+         record is committed to SQLite's WAL, which is synced within 200 ms, before the {body_len}-byte body is sent). \
          Bare axum: one handler returning those same {body_len} bytes, built with the same profile, on a \
          multi-threaded tokio runtime with one worker per core as tumbler's."
     ));

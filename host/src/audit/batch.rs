@@ -18,8 +18,8 @@ use crate::error::{Error, Kind, Result};
 use crate::metrics::metrics;
 use crate::store::Durability;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Most records in one transaction (bounds how long a batch holds the writer).
@@ -29,11 +29,6 @@ pub const QUEUE: usize = 8192;
 
 /// How long a batch waits for more records once it sees it is not alone.
 const LINGER: Duration = Duration::from_micros(100);
-
-/// Longest time a [`Durability::Normal`] commit stays off the disk: the
-/// WAL is synced this often while there is something to sync (as "fsync
-/// every second" in other logs).
-pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 pub enum Job {
     Append(Pending),
@@ -47,27 +42,17 @@ pub struct Pending {
     pub done: oneshot::Sender<Result<()>>,
 }
 
-/// Writes batches until closed or every `AuditLog` is gone (then syncs
-/// what is left), and between them syncs the WAL every [`SYNC_EVERY`] while relaxed
-/// commits (any writer's) wait for it. A failed sync is logged and
-/// retried: those commits are made, only their survival of a power cut is
-/// in doubt.
+/// Writes batches until closed or every `AuditLog` is gone, then syncs
+/// what is left. Relaxed commits are synced meanwhile by the store's own
+/// thread (within [`crate::store::SYNC_EVERY`]), never on this one: a
+/// sync here held up every read waiting for its record.
 pub fn run(writer: Arc<Writer>, queue: Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut synced_at = Instant::now();
     let mut closing = false;
     // The last batch held more than one record.
     let mut busy = false;
     while !closing {
-        if synced_at.elapsed() >= SYNC_EVERY {
-            sync(&writer);
-            synced_at = Instant::now();
-        }
-        let first = match queue.recv_timeout(SYNC_EVERY.saturating_sub(synced_at.elapsed())) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
+        let Ok(first) = queue.recv() else { break };
         take(first, &mut batch, &mut closing);
         let mut more = queue.try_iter().take(MAX_BATCH - 1).peekable();
         if more.peek().is_some() || busy {

@@ -16,9 +16,9 @@
 //! only after), a plugin capability call's (the plugin sees the result only
 //! after), and those of rotation transitions a restart redoes. A crash or
 //! kill of the process loses none of them; they reach the disk within
-//! [`batch::SYNC_EVERY`] or with the next fsynced commit, whichever is
-//! first, so a power cut or kernel crash can lose at most the last second
-//! of them, never a mutation's, and what it loses is a suffix of the
+//! [`crate::store::SYNC_EVERY`] or with the next fsynced commit, whichever
+//! is first, so a power cut or kernel crash can lose at most the last
+//! fraction of a second of them, never a mutation's, and what it loses is a suffix of the
 //! chain, so `audit verify` still passes on what remains.
 //!
 //! Records never hold a secret value or a token: only names, ids, the
