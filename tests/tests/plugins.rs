@@ -65,6 +65,49 @@ async fn anything_but_a_rotator_component_is_refused_saying_what_it_is() {
     assert!(list["plugins"].as_array().unwrap().iter().all(|p| p["builtin"] == true), "only built-ins: {list}");
 }
 
+/// A component of `n` core instances of one module (text format).
+fn component_of(n: usize, module: &str) -> Vec<u8> {
+    let mut text = format!("(component (core module $m {module})");
+    for _ in 0..n {
+        text.push_str(" (core instance (instantiate $m))");
+    }
+    text.push(')');
+    wat::parse_str(&text).expect("the text parses")
+}
+
+#[tokio::test]
+async fn a_component_bigger_than_a_plugin_may_be_is_refused_naming_the_bound() {
+    let instance = Instance::start();
+    let root = instance.root();
+    let cases = [
+        ("memories", component_of(5, "(memory 1)"), "contains 5 Wasm linear memories"),
+        ("instances", component_of(33, ""), "contains 33 core module instances"),
+        ("tables", component_of(1, &"(table 1 funcref)".repeat(33)), "tables count of 33"),
+        ("huge-memory", component_of(1, "(memory 8192)"), "minimum byte size of 536870912"),
+    ];
+    for (name, wasm, detail) in cases {
+        let reply = upload(&root, name, wasm).await;
+        assert_error(&reply, 400, "invalid_request");
+        let message = error_message(&reply.1);
+        assert!(
+            message.contains("bigger than a plugin may be: at most 32 core instances, 4 memories and 32 tables"),
+            "{name}: {message}"
+        );
+        assert!(message.contains(detail), "{name}: {message}");
+    }
+    // At the bounds a component is no longer too big; this one is refused
+    // for what it is, a component that is not a rotator.
+    for at_bounds in
+        [component_of(4, "(memory 1)"), component_of(32, ""), component_of(1, &"(table 1 funcref)".repeat(32))]
+    {
+        let reply = upload(&root, "at-bounds", at_bounds).await;
+        assert_error(&reply, 400, "invalid_request");
+        assert!(error_message(&reply.1).contains("does not implement the tumbler:rotator"), "{}", reply.1);
+    }
+    let (_, list) = root.get("/v1/plugins").await;
+    assert!(list["plugins"].as_array().unwrap().iter().all(|p| p["builtin"] == true), "only built-ins: {list}");
+}
+
 #[tokio::test]
 async fn a_sha256_header_that_does_not_match_is_refused() {
     let instance = Instance::start();

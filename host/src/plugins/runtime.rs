@@ -182,17 +182,33 @@ impl WasiView for PluginState {
     }
 }
 
+/// The plugin memory limit, over all of a plugin's memories together: a
+/// component may hold several (one per core instance that defines one), and
+/// a limit per memory would let it take the limit once for each.
 struct MemoryLimiter {
     limit: usize,
+    /// Bytes of every memory of the call's instance, as granted here (a
+    /// growth granted and then failed stays counted: the count errs high).
+    used: usize,
     exceeded: bool,
 }
 
+impl MemoryLimiter {
+    fn new(limit: usize) -> MemoryLimiter {
+        MemoryLimiter { limit, used: 0, exceeded: false }
+    }
+}
+
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+    /// Called for each memory as it is made (`current` 0, `desired` its
+    /// initial size) and for each growth.
+    fn memory_growing(&mut self, current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+        let used = self.used.saturating_sub(current).saturating_add(desired);
+        if used > self.limit {
             self.exceeded = true;
             return Err(wasmtime::format_err!("memory limit of {} bytes exceeded", self.limit));
         }
+        self.used = used;
         Ok(true)
     }
 
@@ -210,10 +226,10 @@ pub struct Runtime {
     cache: ComponentCache,
 }
 
-/// What one plugin's component may hold, at most (a WASI component built
-/// with wit-bindgen holds a few of each: its module, the WASI adapter and
-/// their glue). A component over a bound fails to instantiate, and its
-/// upload is refused.
+/// What one plugin's component may hold, at most, in all and in any one of
+/// its modules (a WASI component built with wit-bindgen holds a few of
+/// each: its module, the WASI adapter and their glue). The upload of a
+/// component over a bound is refused, naming it ([`compile_refusal`]).
 const MAX_CORE_INSTANCES_PER_PLUGIN: u32 = 32;
 const MAX_MEMORIES_PER_PLUGIN: u32 = 4;
 const MAX_TABLES_PER_PLUGIN: u32 = 32;
@@ -231,11 +247,29 @@ fn pool_config(limits: &RuntimeLimits) -> PoolingAllocationConfig {
         .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_PLUGIN)
         .total_core_instances(calls.saturating_mul(MAX_CORE_INSTANCES_PER_PLUGIN))
         .max_memories_per_component(MAX_MEMORIES_PER_PLUGIN)
+        .max_memories_per_module(MAX_MEMORIES_PER_PLUGIN)
         .total_memories(calls.saturating_mul(MAX_MEMORIES_PER_PLUGIN))
         .max_tables_per_component(MAX_TABLES_PER_PLUGIN)
+        .max_tables_per_module(MAX_TABLES_PER_PLUGIN)
         .total_tables(calls.saturating_mul(MAX_TABLES_PER_PLUGIN))
         .max_memory_size(limits.memory_bytes.saturating_mul(2).min(4 << 30));
     pool
+}
+
+/// Why a component did not compile. Past the instance pool's bounds it is
+/// valid WebAssembly, only bigger than a plugin may be: say so, with the
+/// bounds, rather than "not valid".
+fn compile_refusal(e: &wasmtime::Error, limits: &RuntimeLimits) -> String {
+    let detail = format!("{e:#}");
+    if !detail.contains("pooling allocator") {
+        return format!("not a valid component: {detail}");
+    }
+    format!(
+        "the component is bigger than a plugin may be: at most {MAX_CORE_INSTANCES_PER_PLUGIN} core instances, \
+         {MAX_MEMORIES_PER_PLUGIN} memories and {MAX_TABLES_PER_PLUGIN} tables, with every memory's initial size \
+         within the plugin memory limit ({} MiB); wasmtime says: {detail}",
+        limits.memory_bytes >> 20
+    )
 }
 
 /// How often the epoch advances; a busy plugin yields to tokio this often.
@@ -288,7 +322,7 @@ impl Runtime {
                 format!("compiling the component took longer than {:?}", self.limits.compile_timeout),
             )),
             Ok(Err(e)) => Err(host(format!("compile task failed: {e}"))),
-            Ok(Ok(Err(e))) => Err(PluginError::new(PluginErrorKind::Invalid, format!("not a valid component: {e:#}"))),
+            Ok(Ok(Err(e))) => Err(PluginError::new(PluginErrorKind::Invalid, compile_refusal(&e, &self.limits))),
             Ok(Ok(Ok(c))) => Ok(c),
         }
     }
@@ -454,7 +488,7 @@ impl Runtime {
         let state = PluginState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: self.limits.memory_bytes, exceeded: false },
+            limiter: MemoryLimiter::new(self.limits.memory_bytes),
             call: ctx,
             output: output.clone(),
             redactions,
@@ -633,3 +667,55 @@ pub fn check_is_component(bytes: &[u8]) -> Result<(), PluginError> {
 }
 
 impl super::bindings::tumbler::rotator::types::Host for PluginState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_memory_limit_counts_every_memory_together() {
+        let mut limiter = MemoryLimiter::new(64 * MIB);
+        // Two memories made at 30 MiB each, then one grows by 4 MiB: 64 MiB.
+        assert!(limiter.memory_growing(0, 30 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, 30 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(30 * MIB, 34 * MIB, None).unwrap());
+        assert!(!limiter.exceeded);
+        // One more page in either is past the limit, though each is far below it.
+        let refused = limiter.memory_growing(30 * MIB, 30 * MIB + 65536, None).unwrap_err();
+        assert!(refused.to_string().contains("memory limit"), "{refused}");
+        assert!(limiter.exceeded);
+        assert_eq!(limiter.used, 64 * MIB, "a refused growth is not counted");
+    }
+
+    /// A component of `n` core instances of a module defining one memory of
+    /// `mib` MiB, instantiated the way a plugin call is (the pool, the
+    /// limiter), but without the world: only the memories are made.
+    async fn instantiate(n: usize, mib: usize) -> std::result::Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::new(dir.path().join("cache"), zeroize::Zeroizing::new([7; 32])).unwrap();
+        let limits = RuntimeLimits::default();
+        assert_eq!(limits.memory_bytes, 64 * MIB, "the cases below are sized for the default limit");
+        let runtime = Runtime::new(limits, cache).unwrap();
+        let pages = mib * MIB / 65536;
+        let text =
+            format!("(component (core module $m (memory {pages})){})", " (core instance (instantiate $m))".repeat(n));
+        let component = Component::new(&runtime.engine, wat::parse_str(text).unwrap()).map_err(|e| format!("{e:#}"))?;
+        let mut store = Store::new(&runtime.engine, MemoryLimiter::new(runtime.limits.memory_bytes));
+        store.limiter(|l| l);
+        let linker = Linker::<MemoryLimiter>::new(&runtime.engine);
+        let made = linker.instantiate_async(&mut store, &component).await.map(|_| ()).map_err(|e| format!("{e:#}"));
+        assert_eq!(store.data().exceeded, made.is_err(), "{made:?}");
+        made
+    }
+
+    #[tokio::test]
+    async fn a_plugins_memories_together_are_held_to_the_memory_limit() {
+        instantiate(1, 40).await.expect("one 40 MiB memory fits in 64 MiB");
+        instantiate(4, 16).await.expect("four 16 MiB memories fit in 64 MiB");
+        let refused = instantiate(2, 40).await.expect_err("two 40 MiB memories are 80 MiB");
+        assert!(refused.contains("memory limit of 67108864 bytes exceeded"), "{refused}");
+        assert!(instantiate(4, 17).await.is_err(), "four 17 MiB memories are 68 MiB");
+    }
+}
