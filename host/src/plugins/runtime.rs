@@ -19,6 +19,7 @@ use crate::model::SecretName;
 use crate::store::Store as SecretStore;
 use serde::Serialize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -224,6 +225,7 @@ pub struct Runtime {
     calls: Arc<Semaphore>,
     compiles: Arc<Semaphore>,
     cache: ComponentCache,
+    ticker: Arc<EpochTicker>,
 }
 
 /// What one plugin's component may hold, at most, in all and in any one of
@@ -272,8 +274,67 @@ fn compile_refusal(e: &wasmtime::Error, limits: &RuntimeLimits) -> String {
     )
 }
 
-/// How often the epoch advances; a busy plugin yields to tokio this often.
+/// How often the epoch advances while a plugin runs; a busy plugin yields
+/// to tokio this often.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the idle ticker wakes to see whether the runtime is gone.
+const EPOCH_IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while a plugin call
+/// runs, and sleeps while none does: an idle server used to wake a hundred
+/// times a second for it, nine in ten of its wake-ups.
+struct EpochTicker {
+    counts: Arc<TickerCounts>,
+    thread: std::thread::Thread,
+}
+
+#[derive(Default)]
+struct TickerCounts {
+    /// Calls running now.
+    calls: AtomicUsize,
+    /// Epochs advanced so far.
+    ticks: AtomicU64,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> std::io::Result<Arc<EpochTicker>> {
+        let weak = engine.weak();
+        let counts = Arc::new(TickerCounts::default());
+        let running = counts.clone();
+        let thread = std::thread::Builder::new().name("tumbler-epoch".into()).spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                if running.calls.load(Ordering::SeqCst) == 0 {
+                    drop(engine);
+                    // Until a call starts (it unparks this thread), or now
+                    // and then to end once the runtime is gone.
+                    std::thread::park_timeout(EPOCH_IDLE_CHECK);
+                    continue;
+                }
+                engine.increment_epoch();
+                drop(engine);
+                running.ticks.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+        Ok(Arc::new(EpochTicker { counts, thread: thread.thread().clone() }))
+    }
+
+    /// Ticks until the returned guard of the last running call is dropped.
+    fn call(self: &Arc<Self>) -> TickingCall {
+        if self.counts.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.thread.unpark();
+        }
+        TickingCall(self.clone())
+    }
+}
+
+struct TickingCall(Arc<EpochTicker>);
+
+impl Drop for TickingCall {
+    fn drop(&mut self) {
+        self.0.counts.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Runtime {
     pub fn new(limits: RuntimeLimits, cache: ComponentCache) -> anyhow::Result<Arc<Self>> {
@@ -287,15 +348,9 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasmtime_error)?;
         Rotator::add_to_linker::<PluginState, wasmtime::component::HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(wasmtime_error)?;
-        let ticker = engine.weak();
-        std::thread::Builder::new().name("tumbler-epoch".into()).spawn(move || {
-            while let Some(engine) = ticker.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+        let ticker = EpochTicker::start(&engine)?;
         Ok(Arc::new(Runtime {
+            ticker,
             calls: Arc::new(Semaphore::new(limits.max_concurrent_calls)),
             compiles: Arc::new(Semaphore::new(limits.max_concurrent_compiles)),
             engine,
@@ -479,6 +534,9 @@ impl Runtime {
                 duration: started.elapsed(),
             };
         };
+        // The epoch advances (so the plugin yields, and its time limit
+        // holds) for as long as this call runs.
+        let _ticking = self.ticker.call();
         let mut wasi = WasiCtx::builder();
         wasi.stdout(output.clone())
             .stderr(output.clone())
@@ -708,6 +766,40 @@ mod tests {
         let made = linker.instantiate_async(&mut store, &component).await.map(|_| ()).map_err(|e| format!("{e:#}"));
         assert_eq!(store.data().exceeded, made.is_err(), "{made:?}");
         made
+    }
+
+    #[tokio::test]
+    async fn the_epoch_advances_while_a_call_runs_and_never_while_none_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ComponentCache::new(dir.path().join("cache"), zeroize::Zeroizing::new([7; 32])).unwrap();
+        let runtime = Runtime::new(RuntimeLimits::default(), cache).unwrap();
+        let ticks = || runtime.ticker.counts.ticks.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(ticks(), 0, "no call has run: the ticker sleeps");
+
+        // Waits (up to 10 s, for a loaded machine) for the epoch to pass `n`.
+        let passes = |n: u64| async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while ticks() <= n {
+                assert!(std::time::Instant::now() < deadline, "the epoch stayed at {n} while a call ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let call = runtime.ticker.call();
+        let second = runtime.ticker.call();
+        passes(2).await;
+        drop(call);
+        let during = ticks();
+        passes(during).await; // the second call still runs
+
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = ticks();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(ticks(), after, "no call runs: the ticker sleeps again");
+        // And wakes for the next call.
+        let _next = runtime.ticker.call();
+        passes(after).await;
     }
 
     #[tokio::test]
