@@ -105,6 +105,8 @@ struct Inner {
     data_touched: Arc<AtomicBool>,
     /// Sealed versions recently read (see [`values`]).
     values: values::ValueCache,
+    /// Write transactions since the store was opened.
+    commits: AtomicU64,
     /// A [`Durability::Normal`] commit has not been synced yet (shared
     /// with the checkpoint thread, which syncs it).
     wal_unsynced: Arc<AtomicBool>,
@@ -166,6 +168,7 @@ impl Store {
                 data_generation: AtomicU64::new(0),
                 data_touched,
                 values: values::ValueCache::default(),
+                commits: AtomicU64::new(0),
                 wal_unsynced,
                 wal_path: wal_path(&path),
             }),
@@ -277,6 +280,12 @@ impl Store {
         secrets::open(&self.inner.keys, &name, &sealed)
     }
 
+    /// Write transactions (committed or rolled back) since the store was
+    /// opened.
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
     /// Puts every [`Durability::Normal`] commit made so far on disk
     /// (fsync of the WAL), if there is one, now rather than within
     /// [`SYNC_EVERY`]: for a clean close. Blocks; runs beside the writer:
@@ -314,11 +323,14 @@ impl Inner {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         writer.set_durability(durability)?;
         let out = self.transact(&mut writer.conn, f);
-        self.checkpointer.committed();
         if durability == Durability::Normal {
             // Even after an error: the commit may have reached the WAL.
+            // Before `committed`, which may wake the checkpoint thread to
+            // sync it: a thread that counts this commit sees this flag.
             self.wal_unsynced.store(true, Ordering::SeqCst);
         }
+        self.checkpointer.committed();
+        self.commits.fetch_add(1, Ordering::Relaxed);
         // Committed or rolled back, the generation moves before the caller
         // hears back (and even if it has stopped listening), so no request
         // can start after a revocation and still see the old rows' caller.
@@ -464,7 +476,8 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 
 /// Copies committed WAL frames into the database from a connection and
 /// thread of its own, every [`SYNC_EVERY`] while there were commits, and
-/// first syncs the WAL when a relaxed commit waits for it. SQLite's
+/// first syncs the WAL when a relaxed commit waits for it; with no commit
+/// it sleeps until the next one wakes it. SQLite's
 /// automatic checkpoint ran inside whichever commit crossed 1,000 WAL
 /// pages (several times a second under audited reads), with two fsyncs,
 /// holding up every request waiting on that commit; and a sync of the WAL
@@ -480,8 +493,13 @@ struct Checkpointer {
 struct CheckpointState {
     /// Commits since the last checkpoint started.
     commits: AtomicU64,
-    stop: Mutex<bool>,
-    wake: Condvar,
+    /// Times the thread has woken to sync and checkpoint.
+    rounds: AtomicU64,
+    stop: AtomicBool,
+    /// Held by the thread while it syncs; whoever holds it holds the
+    /// thread before its next sync (the tests look at a relaxed commit
+    /// before it is synced that way).
+    busy: Mutex<()>,
 }
 
 /// Longest time a [`Durability::Normal`] commit stays off the disk, and
@@ -495,42 +513,66 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("tumbler-checkpoint".into())
             .spawn(move || {
-                let mut stop = state.stop.lock().unwrap_or_else(|p| p.into_inner());
-                while !*stop {
-                    stop = state.wake.wait_timeout(stop, SYNC_EVERY).unwrap_or_else(|p| p.into_inner()).0;
-                    if *stop {
+                let mut retry_sync = false;
+                while !state.stop.load(Ordering::SeqCst) {
+                    let idle = state.commits.load(Ordering::SeqCst) == 0 && !wal.unsynced.load(Ordering::SeqCst);
+                    if idle && !retry_sync {
+                        // Until a commit wakes this thread (`committed`),
+                        // or the store closes. A wake-up that came first
+                        // is kept: park returns at once.
+                        std::thread::park();
                         continue;
                     }
-                    // Under the lock: whoever holds it holds the thread
-                    // between its syncs (the tests look at a relaxed
-                    // commit before it is synced that way).
-                    if let Err(e) = wal.sync() {
-                        tracing::error!(error = %e.message(), "relaxed commits are not yet on disk; retrying");
+                    // The commits of the next SYNC_EVERY gather, then are
+                    // synced and checkpointed together.
+                    let until = std::time::Instant::now() + SYNC_EVERY;
+                    loop {
+                        let left = until.saturating_duration_since(std::time::Instant::now());
+                        if left.is_zero() || state.stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        std::thread::park_timeout(left);
                     }
-                    if state.commits.swap(0, Ordering::Relaxed) == 0 {
+                    if state.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    state.rounds.fetch_add(1, Ordering::Relaxed);
+                    let busy = state.busy.lock().unwrap_or_else(|p| p.into_inner());
+                    retry_sync = match wal.sync() {
+                        Ok(()) => false,
+                        Err(e) => {
+                            tracing::error!(error = %e.message(), "relaxed commits are not yet on disk; retrying");
+                            true
+                        }
+                    };
+                    drop(busy);
+                    if state.commits.swap(0, Ordering::SeqCst) == 0 {
                         continue;
                     }
-                    drop(stop);
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                         tracing::warn!(error = %e, "WAL checkpoint failed; retried with the next commits");
                     }
-                    stop = state.stop.lock().unwrap_or_else(|p| p.into_inner());
                 }
             })
             .map_err(|e| Error::internal(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Checkpointer { shared, thread: Some(thread) })
     }
 
+    /// Counts a commit; the first since the last checkpoint wakes the thread.
     fn committed(&self) {
-        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        if self.shared.commits.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.shared.wake.notify_one();
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -630,8 +672,8 @@ mod tests {
 
     /// Holds the checkpoint thread (which syncs the WAL) at its next wake
     /// until dropped, so a test sees a relaxed commit before it is synced.
-    fn pause_checkpoints(store: &Store) -> std::sync::MutexGuard<'_, bool> {
-        store.inner.checkpointer.shared.stop.lock().unwrap()
+    fn pause_checkpoints(store: &Store) -> std::sync::MutexGuard<'_, ()> {
+        store.inner.checkpointer.shared.busy.lock().unwrap()
     }
 
     /// The value `read_value` gives for `name`'s current version.
@@ -721,6 +763,37 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_thread_sleeps_while_nothing_is_committed() {
+        let (_dir, store) = test_store();
+        let rounds = || store.inner.checkpointer.shared.rounds.load(Ordering::Relaxed);
+        let quiet = |what: &'static str| {
+            let store = store.clone();
+            async move {
+                let rounds = || store.inner.checkpointer.shared.rounds.load(Ordering::Relaxed);
+                // Room for a round the last commit started to end.
+                tokio::time::sleep(SYNC_EVERY * 2).await;
+                let before = rounds();
+                tokio::time::sleep(SYNC_EVERY * 4).await;
+                assert_eq!(rounds(), before, "the thread woke with nothing to do ({what})");
+                before
+            }
+        };
+        let at_start = quiet("after opening the store").await;
+        store
+            .write_with(Durability::Normal, |tx, _| {
+                Ok(tx.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')", [])?)
+            })
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while rounds() == at_start || unsynced(&store) {
+            assert!(std::time::Instant::now() < deadline, "a commit did not wake the checkpoint thread");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        quiet("after the commit was synced and checkpointed").await;
     }
 
     #[tokio::test]
