@@ -477,26 +477,31 @@ async fn sweep(leases: Arc<Leases>) {
 async fn sweep_once(leases: &Arc<Leases>, last_prune: &mut i64) -> Result<()> {
     let now = now_millis();
     let prune = now - *last_prune > 3_600_000;
-    leases
-        .store
-        .write(move |tx, _| {
-            lease::expire_due(tx, now)?;
-            if prune {
-                lease::prune(tx, now)?;
-            }
-            Ok(())
-        })
-        .await?;
-    if prune {
-        *last_prune = now;
+    // Nothing expired and no revocation due (the common case, twice a
+    // second): no write, so an idle server commits nothing.
+    let due = leases.store.read(|c, _| lease::next_due(c)).await?.is_some_and(|t| t <= now);
+    if due || prune {
+        leases
+            .store
+            .write(move |tx, _| {
+                lease::expire_due(tx, now)?;
+                if prune {
+                    lease::prune(tx, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+        if prune {
+            *last_prune = now;
+        }
+        let due = leases.store.read(move |c, _| lease::revocations_due(c, now, 1_000)).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in due {
+            let l = leases.clone();
+            tasks.spawn(async move { l.revoke_one(&id).await });
+        }
+        while tasks.join_next().await.is_some() {}
     }
-    let due = leases.store.read(move |c, _| lease::revocations_due(c, now, 1_000)).await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    for id in due {
-        let l = leases.clone();
-        tasks.spawn(async move { l.revoke_one(&id).await });
-    }
-    while tasks.join_next().await.is_some() {}
     let (active, pending) = leases.store.read(|c, _| lease::counts(c)).await?;
     let m = metrics();
     m.leases_active.set(&[], active as f64);
@@ -507,6 +512,24 @@ async fn sweep_once(leases: &Arc<Leases>, last_prune: &mut i64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_idle_sweeper_reads_but_never_writes() {
+        let (dir, store) = crate::store::test_store();
+        let alerts = crate::alerts::Alerts::new(None, crate::alerts::Retry::default()).unwrap();
+        let audit = AuditLog::start(store.clone(), None, alerts);
+        let cache =
+            crate::plugins::cache::ComponentCache::new(dir.path().join("cache"), Zeroizing::new([3; 32])).unwrap();
+        let runtime = crate::plugins::Runtime::new(Default::default(), cache).unwrap();
+        let registry = Registry::start(store.clone(), runtime, &[]).await.unwrap();
+        let _leases = Leases::start(store.clone(), audit, registry, Settings::default()).await.unwrap();
+        // The first sweep prunes (it does so hourly): a write. After it, with
+        // no lease at all, sweeps every SWEEP_EVERY find nothing due.
+        tokio::time::sleep(SWEEP_EVERY * 2).await;
+        let before = store.commits();
+        tokio::time::sleep(SWEEP_EVERY * 4).await;
+        assert_eq!(store.commits(), before, "the sweeper wrote with nothing due");
+    }
 
     #[test]
     fn revocation_backoff_doubles_up_to_the_cap_with_bounded_jitter() {
