@@ -502,8 +502,10 @@ struct CheckpointState {
     busy: Mutex<()>,
 }
 
-/// Longest time a [`Durability::Normal`] commit stays off the disk, and
-/// how often committed frames are checkpointed into the database.
+/// How long a [`Durability::Normal`] commit stays off the disk at most
+/// (plus, under load, the length of a checkpoint still running when it
+/// was made), and how often committed frames are checkpointed into the
+/// database while commits come.
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Checkpointer {
