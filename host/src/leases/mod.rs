@@ -459,10 +459,13 @@ fn backoff(settings: &Settings, attempt: u32) -> Duration {
 async fn sweep(leases: Arc<Leases>) {
     let mut last_prune = 0;
     loop {
-        if let Err(e) = sweep_once(&leases, &mut last_prune).await {
-            tracing::error!(error = %e, "lease sweep failed; trying again shortly");
-        }
-        let next = leases.store.read(|c, _| lease::next_due(c)).await.ok().flatten();
+        let next = match sweep_once(&leases, &mut last_prune).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "lease sweep failed; trying again shortly");
+                None
+            }
+        };
         let wait = match next {
             Some(t) => Duration::from_millis((t - now_millis()).clamp(0, SWEEP_EVERY.as_millis() as i64) as u64),
             None => SWEEP_EVERY,
@@ -474,13 +477,14 @@ async fn sweep(leases: Arc<Leases>) {
     }
 }
 
-async fn sweep_once(leases: &Arc<Leases>, last_prune: &mut i64) -> Result<()> {
+/// One sweep; returns when the sweeper next has something to do.
+async fn sweep_once(leases: &Arc<Leases>, last_prune: &mut i64) -> Result<Option<i64>> {
     let now = now_millis();
     let prune = now - *last_prune > 3_600_000;
+    let mut next = leases.store.read(|c, _| lease::next_due(c)).await?;
     // Nothing expired and no revocation due (the common case, twice a
     // second): no write, so an idle server commits nothing.
-    let due = leases.store.read(|c, _| lease::next_due(c)).await?.is_some_and(|t| t <= now);
-    if due || prune {
+    if next.is_some_and(|t| t <= now) || prune {
         leases
             .store
             .write(move |tx, _| {
@@ -501,12 +505,13 @@ async fn sweep_once(leases: &Arc<Leases>, last_prune: &mut i64) -> Result<()> {
             tasks.spawn(async move { l.revoke_one(&id).await });
         }
         while tasks.join_next().await.is_some() {}
+        next = leases.store.read(|c, _| lease::next_due(c)).await?;
     }
     let (active, pending) = leases.store.read(|c, _| lease::counts(c)).await?;
     let m = metrics();
     m.leases_active.set(&[], active as f64);
     m.leases_revoke_pending.set(&[], pending as f64);
-    Ok(())
+    Ok(next)
 }
 
 #[cfg(test)]

@@ -107,10 +107,9 @@ struct Inner {
     values: values::ValueCache,
     /// Write transactions since the store was opened.
     commits: AtomicU64,
-    /// A [`Durability::Normal`] commit has not been synced yet (shared
-    /// with the checkpoint thread, which syncs it).
-    wal_unsynced: Arc<AtomicBool>,
-    wal_path: PathBuf,
+    /// Whether a [`Durability::Normal`] commit waits for a sync of the
+    /// WAL, and the WAL (shared with the checkpoint thread, which syncs it).
+    wal: Arc<WalSync>,
 }
 
 impl Store {
@@ -150,11 +149,8 @@ impl Store {
         // Checkpoints run on their own connection and thread, never inside
         // a commit (see `Checkpointer`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let wal_unsynced = Arc::new(AtomicBool::new(false));
-        let checkpointer = Checkpointer::start(
-            open_connection(&path)?,
-            WalSync { unsynced: wal_unsynced.clone(), path: wal_path(&path) },
-        )?;
+        let wal = Arc::new(WalSync { unsynced: AtomicBool::new(false), path: wal_path(&path) });
+        let checkpointer = Checkpointer::start(open_connection(&path)?, wal.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 checkpointer,
@@ -169,8 +165,7 @@ impl Store {
                 data_touched,
                 values: values::ValueCache::default(),
                 commits: AtomicU64::new(0),
-                wal_unsynced,
-                wal_path: wal_path(&path),
+                wal,
             }),
         })
     }
@@ -291,7 +286,7 @@ impl Store {
     /// [`SYNC_EVERY`]: for a clean close. Blocks; runs beside the writer:
     /// it neither takes the writer nor delays a commit.
     pub fn sync_wal(&self) -> Result<()> {
-        WalSync { unsynced: self.inner.wal_unsynced.clone(), path: self.inner.wal_path.clone() }.sync()
+        self.inner.wal.sync()
     }
 }
 
@@ -327,7 +322,7 @@ impl Inner {
             // Even after an error: the commit may have reached the WAL.
             // Before `committed`, which may wake the checkpoint thread to
             // sync it: a thread that counts this commit sees this flag.
-            self.wal_unsynced.store(true, Ordering::SeqCst);
+            self.wal.unsynced.store(true, Ordering::SeqCst);
         }
         self.checkpointer.committed();
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -358,7 +353,7 @@ impl Inner {
 /// What syncing the WAL needs: whether a relaxed commit is waiting for it,
 /// and the file.
 struct WalSync {
-    unsynced: Arc<AtomicBool>,
+    unsynced: AtomicBool,
     path: PathBuf,
 }
 
@@ -509,7 +504,7 @@ struct CheckpointState {
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl Checkpointer {
-    fn start(conn: Connection, wal: WalSync) -> Result<Checkpointer> {
+    fn start(conn: Connection, wal: Arc<WalSync>) -> Result<Checkpointer> {
         let shared = Arc::new(CheckpointState::default());
         let state = shared.clone();
         let thread = std::thread::Builder::new()
@@ -669,7 +664,7 @@ mod tests {
     }
 
     fn unsynced(store: &Store) -> bool {
-        store.inner.wal_unsynced.load(Ordering::SeqCst)
+        store.inner.wal.unsynced.load(Ordering::SeqCst)
     }
 
     /// Holds the checkpoint thread (which syncs the WAL) at its next wake
