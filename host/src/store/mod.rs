@@ -90,7 +90,9 @@ struct Inner {
     /// First, so it is dropped (and its connection closed) before the
     /// others: the last connection to close checkpoints and removes the WAL.
     checkpointer: Checkpointer,
-    writer: Mutex<Writer>,
+    /// Shared with the checkpoint thread, which holds it to finish a
+    /// checkpoint (see `Checkpointer`).
+    writer: Arc<Mutex<Writer>>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
     keys: Keys,
@@ -149,13 +151,17 @@ impl Store {
         // Checkpoints run on their own connection and thread, never inside
         // a commit (see `Checkpointer`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL that grew past this while a long read kept it from being
+        // started over is cut back to it when it is.
+        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let wal = Arc::new(WalSync { unsynced: AtomicBool::new(false), path: wal_path(&path) });
-        let checkpointer = Checkpointer::start(open_connection(&path)?, wal.clone())?;
+        // open_connection sets FULL.
+        let writer = Arc::new(Mutex::new(Writer { conn: writer, durability: Durability::Full }));
+        let checkpointer = Checkpointer::start(open_connection(&path)?, wal.clone(), writer.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 checkpointer,
-                // open_connection sets FULL.
-                writer: Mutex::new(Writer { conn: writer, durability: Durability::Full }),
+                writer,
                 readers: Mutex::new(readers),
                 reader_returned: Condvar::new(),
                 keys: Keys::new(master),
@@ -479,6 +485,15 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 /// on the audit log's thread held up every read waiting on its record. A
 /// passive checkpoint takes no lock a writer or reader needs, and a sync
 /// none at all.
+///
+/// A checkpoint that ran while commits went on has not copied the frames
+/// they added, and SQLite starts the WAL over from its beginning only
+/// once every frame is copied: under steady commits (audited reads) it
+/// never was, and the WAL grew by every commit, tens of MB a second, for
+/// as long as the load lasted. So a checkpoint that leaves frames behind
+/// is finished with the writer held once the WAL is long
+/// ([`WAL_RESTART_FRAMES`]): only the frames of its own length are left
+/// by then, and the next commit starts the WAL over.
 struct Checkpointer {
     shared: Arc<CheckpointState>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -503,8 +518,18 @@ struct CheckpointState {
 /// database while commits come.
 pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// A WAL this long (frames of a 4 KiB page: 16 MiB) is started over by
+/// the next checkpoint, which holds the writer for its last frames (see
+/// `Checkpointer`); a shorter one only when a checkpoint finds no commit
+/// came while it ran. A commit waits for that hold at most once in this
+/// many frames, and the WAL stays within about this length plus the
+/// commits of one [`SYNC_EVERY`].
+const WAL_RESTART_FRAMES: i64 = 4096;
+/// Bytes a WAL that was started over is cut back to (`journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 impl Checkpointer {
-    fn start(conn: Connection, wal: Arc<WalSync>) -> Result<Checkpointer> {
+    fn start(conn: Connection, wal: Arc<WalSync>, writer: Arc<Mutex<Writer>>) -> Result<Checkpointer> {
         let shared = Arc::new(CheckpointState::default());
         let state = shared.clone();
         let thread = std::thread::Builder::new()
@@ -546,7 +571,17 @@ impl Checkpointer {
                     if state.commits.swap(0, Ordering::SeqCst) == 0 {
                         continue;
                     }
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    let finished = match checkpoint(&conn) {
+                        // A long WAL, and a commit came while it was
+                        // copied: copy what that added with the writer
+                        // held, when no commit can add more.
+                        Ok(frames) if frames >= WAL_RESTART_FRAMES && state.commits.load(Ordering::SeqCst) > 0 => {
+                            let _writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+                            checkpoint(&conn)
+                        }
+                        done => done,
+                    };
+                    if let Err(e) = finished {
                         tracing::warn!(error = %e, "WAL checkpoint failed; retried with the next commits");
                     }
                 }
@@ -563,6 +598,11 @@ impl Checkpointer {
             thread.thread().unpark();
         }
     }
+}
+
+/// A passive checkpoint; returns how many frames the WAL held when it began.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
 }
 
 impl Drop for Checkpointer {
@@ -760,6 +800,34 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    #[test]
+    fn under_steady_commits_the_wal_is_started_over_instead_of_growing() {
+        let (dir, store) = test_store();
+        let wal = wal_path(&dir.path().join(DB_FILE));
+        // Audit records, one a commit, as audited reads write them: each
+        // commit adds at least two frames (the table's last page and the
+        // chain's head in meta), and no pause lets a checkpoint catch up.
+        let commits = 3 * WAL_RESTART_FRAMES as usize;
+        let mut largest = 0;
+        for n in 0..commits {
+            store
+                .write_blocking_with(Durability::Normal, |tx, keys| {
+                    let entry =
+                        crate::audit::Entry::event(crate::audit::EntryKind::Request, "secret.read", "app/x", "ok")
+                            .with_detail("n", n);
+                    crate::audit::append_offline(tx, keys, entry)
+                })
+                .unwrap();
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        let written = (commits * 2 * (4096 + 24)) as u64;
+        assert!(
+            largest * 2 < written,
+            "the WAL reached {largest} bytes while {written} bytes or more were committed: it was never started over"
+        );
+        assert!(largest <= WAL_SIZE_LIMIT as u64, "the WAL reached {largest} bytes");
     }
 
     #[tokio::test]
