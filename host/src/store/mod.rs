@@ -571,17 +571,7 @@ impl Checkpointer {
                     if state.commits.swap(0, Ordering::SeqCst) == 0 {
                         continue;
                     }
-                    let finished = match checkpoint(&conn) {
-                        // A long WAL, and a commit came while it was
-                        // copied: copy what that added with the writer
-                        // held, when no commit can add more.
-                        Ok(frames) if frames >= WAL_RESTART_FRAMES && state.commits.load(Ordering::SeqCst) > 0 => {
-                            let _writer = writer.lock().unwrap_or_else(|p| p.into_inner());
-                            checkpoint(&conn)
-                        }
-                        done => done,
-                    };
-                    if let Err(e) = finished {
+                    if let Err(e) = checkpoint(&conn, &writer, &state.commits) {
                         tracing::warn!(error = %e, "WAL checkpoint failed; retried with the next commits");
                     }
                 }
@@ -600,9 +590,18 @@ impl Checkpointer {
     }
 }
 
-/// A passive checkpoint; returns how many frames the WAL held when it began.
-fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+/// A passive checkpoint beside the writer; if the WAL is long and
+/// `commits` shows that some came while it copied, a second one, with the
+/// writer held so that none can add a frame, copies what they added (see
+/// `Checkpointer`).
+fn checkpoint(conn: &Connection, writer: &Mutex<Writer>, commits: &AtomicU64) -> rusqlite::Result<()> {
+    // How many frames the WAL held when the checkpoint began.
+    let passive = || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+    if passive()? >= WAL_RESTART_FRAMES && commits.load(Ordering::SeqCst) > 0 {
+        let _writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+        passive()?;
+    }
+    Ok(())
 }
 
 impl Drop for Checkpointer {
