@@ -31,6 +31,9 @@ pub enum CryptoError {
 /// secret.
 pub struct MasterKey {
     key: Zeroizing<[u8; 32]>,
+    /// The key expanded once for AES-GCM, as every read unwraps a data key
+    /// with it (the `aes` and `ghash` crates zeroize it when dropped).
+    cipher: Aes256Gcm,
     id: String,
 }
 
@@ -49,7 +52,8 @@ impl MasterKey {
 
     pub fn from_bytes(key: Zeroizing<[u8; 32]>) -> Self {
         let id = hex::encode(&derive(&key, "tumbler/v1/key-id")[..8]);
-        MasterKey { key, id }
+        let cipher = Aes256Gcm::new_from_slice(key.as_ref()).expect("32-byte key");
+        MasterKey { key, cipher, id }
     }
 
     /// Parses the text form (what the key file and `TUMBLER_MASTER_KEY` hold).
@@ -79,11 +83,11 @@ impl MasterKey {
     }
 
     pub fn wrap(&self, secret_id: i64, dek: &DataKey) -> Vec<u8> {
-        seal(&self.key, &dek_aad(secret_id), dek.0.as_ref())
+        seal(&self.cipher, &dek_aad(secret_id), dek.0.as_ref())
     }
 
     pub fn unwrap(&self, secret_id: i64, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
-        let plain = open(&self.key, &dek_aad(secret_id), wrapped)?;
+        let plain = open(&self.cipher, &dek_aad(secret_id), wrapped)?;
         if plain.len() != 32 {
             return Err(CryptoError::Malformed("data key length"));
         }
@@ -105,7 +109,8 @@ impl DataKey {
 
     /// Seals a value; the result is `nonce || ciphertext+tag`, split for storage.
     pub fn encrypt(&self, secret_id: i64, version_id: &str, plain: &[u8]) -> (Vec<u8>, Vec<u8>) {
-        let mut sealed = seal(&self.0, &value_aad(secret_id, version_id), plain);
+        let cipher = Aes256Gcm::new_from_slice(self.0.as_ref()).expect("32-byte key");
+        let mut sealed = seal(&cipher, &value_aad(secret_id, version_id), plain);
         let ciphertext = sealed.split_off(NONCE_LEN);
         (sealed, ciphertext)
     }
@@ -156,8 +161,7 @@ fn value_aad(secret_id: i64, version_id: &str) -> String {
     format!("tumbler/v1/value/{secret_id}/{version_id}")
 }
 
-fn seal(key: &[u8; 32], aad: &str, plain: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
+fn seal(cipher: &Aes256Gcm, aad: &str, plain: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
@@ -168,12 +172,11 @@ fn seal(key: &[u8; 32], aad: &str, plain: &[u8]) -> Vec<u8> {
     out
 }
 
-fn open(key: &[u8; 32], aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+fn open(cipher: &Aes256Gcm, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if sealed.len() < NONCE_LEN + 16 {
         return Err(CryptoError::Malformed("too short"));
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
     cipher
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
         .map(Zeroizing::new)
@@ -201,6 +204,15 @@ mod tests {
         assert!(kek.unwrap(1, &wrapped).is_ok());
         assert!(kek.unwrap(2, &wrapped).is_err());
         assert!(MasterKey::generate().unwrap(1, &wrapped).is_err());
+    }
+
+    #[test]
+    fn expanded_aes_keys_are_zeroized_when_dropped() {
+        // Compiles only while `aes` is built with its `zeroize` feature (see
+        // Cargo.toml): the master key's expanded form lives as long as the
+        // server, and a data key's for the length of a call.
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        zeroized_on_drop::<aes::Aes256>();
     }
 
     #[test]
