@@ -156,7 +156,7 @@ pub fn rotate_master_key(data_dir: &Path, source: &KeySource) -> anyhow::Result<
         let entry = audit::Entry::event(audit::EntryKind::Operator, "operator.rotate-master-key", "", "ok")
             .with_detail("old_key_id", keys.master.id())
             .with_detail("new_key_id", new.id());
-        audit::chain::append(tx, &new_audit_key, &[entry])?;
+        audit::chain::append(tx, &new_audit_key, vec![entry])?;
         tx.execute("UPDATE meta SET value = ?1 WHERE key = 'kek_id'", [new.id()])?;
         Ok(n)
     })?;

@@ -250,7 +250,7 @@ fn spawn_purge_job(audit: AuditLog) {
                     let n = secrets::purge_expired(tx, now_millis())?;
                     if n > 0 {
                         let entry = Entry::event(EntryKind::System, "secret.purge", "", "ok").with_detail("count", n);
-                        log.append_in(tx, keys, &[entry])?;
+                        log.append_in(tx, keys, vec![entry])?;
                     }
                     Ok(n)
                 })

@@ -91,7 +91,7 @@ fn commit(writer: &Writer, batch: &mut Vec<Pending>) {
     let entries: Vec<Entry> = batch.iter_mut().map(|p| std::mem::take(&mut p.entry)).collect();
     metrics().audit_batch_records.observe(&[], entries.len() as f64);
     let durability = batch_durability(batch);
-    let result = writer.store.write_blocking_with(durability, |tx, keys| writer.append_in(tx, keys, &entries));
+    let result = writer.store.write_blocking_with(durability, |tx, keys| writer.append_in(tx, keys, entries));
     let failure = match result {
         Ok(()) => None,
         // append_in reported its own failures; a failed commit is reported here.

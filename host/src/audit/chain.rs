@@ -38,19 +38,19 @@ pub struct Record {
 
 impl Record {
     /// Places `entry` after `prev_mac` at `seq` and computes its MAC.
-    fn seal(key: &[u8; 32], seq: i64, entry: &Entry, prev_mac: &[u8]) -> Record {
+    fn seal(key: &[u8; 32], seq: i64, entry: Entry, prev_mac: &[u8]) -> Record {
         let mut record = Record {
             seq,
             time: entry.time,
             kind: entry.kind.as_str().to_owned(),
-            request_id: entry.request_id.clone(),
-            token_id: entry.token_id.clone(),
-            token_name: entry.token_name.clone(),
-            client: entry.client.clone(),
-            action: entry.action.clone(),
-            resource: entry.resource.clone(),
+            request_id: entry.request_id,
+            token_id: entry.token_id,
+            token_name: entry.token_name,
+            client: entry.client,
+            action: entry.action,
+            resource: entry.resource,
             status: entry.status,
-            outcome: entry.outcome.clone(),
+            outcome: entry.outcome,
             // A map of strings always serializes; the fallback is unreachable.
             detail: serde_json::to_string(&entry.detail).unwrap_or_else(|_| "{}".into()),
             prev_mac: prev_mac.to_vec(),
@@ -175,7 +175,7 @@ fn set_head(tx: &Transaction<'_>, head: &Head) -> Result<()> {
 /// Appends `entries` in the caller's transaction and moves the head. The
 /// next seq comes from the head, not the table, so rows cut off the end
 /// leave a gap that `audit verify` reports instead of being papered over.
-pub fn append(tx: &Transaction<'_>, key: &[u8; 32], entries: &[super::Entry]) -> Result<Vec<Record>> {
+pub fn append(tx: &Transaction<'_>, key: &[u8; 32], entries: Vec<Entry>) -> Result<Vec<Record>> {
     let head = head(tx)?.ok_or_else(|| Error::internal("the audit chain head is missing from meta"))?;
     let mut insert = tx.prepare_cached(
         "INSERT INTO audit (seq, time, kind, request_id, token_id, token_name, client, action,

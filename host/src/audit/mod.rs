@@ -151,7 +151,7 @@ impl Entry {
 /// for offline commands (`init`, the master key rotation) and the dev
 /// server's start, which run without a server's [`AuditLog`].
 pub fn append_offline(tx: &Transaction<'_>, keys: &Keys, entry: Entry) -> Result<()> {
-    chain::append(tx, &keys.audit, &[entry]).map(|_| ())
+    chain::append(tx, &keys.audit, vec![entry]).map(|_| ())
 }
 
 /// The audit log of a running server: appends records in callers'
@@ -212,7 +212,7 @@ impl AuditLog {
     /// Appends `entries` in the caller's write transaction: they commit or
     /// roll back with the caller's changes. An error here must fail the
     /// transaction (it comes back as `unavailable`).
-    pub fn append_in(&self, tx: &Transaction<'_>, keys: &Keys, entries: &[Entry]) -> Result<()> {
+    pub fn append_in(&self, tx: &Transaction<'_>, keys: &Keys, entries: Vec<Entry>) -> Result<()> {
         self.writer.append_in(tx, keys, entries)
     }
 
@@ -244,7 +244,7 @@ impl AuditLog {
 }
 
 impl Writer {
-    fn append_in(&self, tx: &Transaction<'_>, keys: &Keys, entries: &[Entry]) -> Result<()> {
+    fn append_in(&self, tx: &Transaction<'_>, keys: &Keys, entries: Vec<Entry>) -> Result<()> {
         let written = chain::append(tx, &keys.audit, entries).and_then(|records| {
             if let Some(sink) = &self.sink {
                 sink.write(&records)?;

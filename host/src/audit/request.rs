@@ -92,7 +92,7 @@ impl RequestAudit {
                 entry.time = now_millis();
                 entry.status = Some(status(&out).as_u16());
                 entry.outcome = "ok".into();
-                log.append_in(tx, keys, &[entry])?;
+                log.append_in(tx, keys, vec![entry])?;
                 Ok(out)
             })
             .await;

@@ -17,7 +17,7 @@ async fn fill(store: &Store, n: usize) {
     store
         .write(move |tx, keys| {
             let entries: Vec<Entry> = (1..=n).map(entry).collect();
-            chain::append(tx, &keys.audit, &entries).map(|_| ())
+            chain::append(tx, &keys.audit, entries).map(|_| ())
         })
         .await
         .unwrap();

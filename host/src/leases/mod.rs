@@ -93,7 +93,7 @@ impl Leases {
                 let rows = lease::clear_interrupted(tx)?;
                 for (id, role) in &rows {
                     let entry = Entry::lease("lease.issue", &roles::resource(role), id, "interrupted");
-                    log.append_in(tx, keys, &[entry])?;
+                    log.append_in(tx, keys, vec![entry])?;
                 }
                 Ok(rows)
             })
@@ -186,7 +186,7 @@ impl Leases {
                     lease::activate(tx, keys, &l, &handle)?;
                     let entry = Entry::lease("lease.issue", &roles::resource(&l.role), &l.id, "ok")
                         .with_detail("expires_at", rfc3339(l.expires_at));
-                    log.append_in(tx, keys, &[entry])
+                    log.append_in(tx, keys, vec![entry])
                 },
             )
             .await;
@@ -267,7 +267,7 @@ impl Leases {
                 lease::set_expiry(tx, &lid, expires_at)?;
                 let entry = Entry::lease("lease.renew", &role_resource, &lid, "ok")
                     .with_detail("expires_at", rfc3339(expires_at));
-                log.append_in(tx, keys, &[entry])?;
+                log.append_in(tx, keys, vec![entry])?;
                 lease::get(tx, &lid)
             })
             .await?;
@@ -390,7 +390,7 @@ impl Leases {
                     .write(move |tx, keys| {
                         let changed = lease::revoked(tx, &lid, now)?;
                         if changed {
-                            log.append_in(tx, keys, &[Entry::lease(action, &resource, &lid, "ok")])?;
+                            log.append_in(tx, keys, vec![Entry::lease(action, &resource, &lid, "ok")])?;
                         }
                         Ok(changed)
                     })
@@ -421,7 +421,7 @@ impl Leases {
                         lease::revoke_failed(tx, &lid, next, &error)?;
                         let entry = Entry::lease("lease.revoke_failed", &resource, &lid, code)
                             .with_detail("next_attempt_at", rfc3339(next));
-                        log.append_in(tx, keys, &[entry])
+                        log.append_in(tx, keys, vec![entry])
                     })
                     .await?;
             }

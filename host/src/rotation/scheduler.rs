@@ -57,7 +57,7 @@ async fn tick(engine: &Arc<Engine>) -> crate::error::Result<Duration> {
                     })
                     .collect();
                 if !entries.is_empty() {
-                    audit.append_in(tx, keys, &entries)?;
+                    audit.append_in(tx, keys, entries)?;
                 }
                 // Each claimed rotation's first step starts in this same
                 // transaction: one commit fewer per rotation.

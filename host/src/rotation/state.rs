@@ -468,7 +468,7 @@ fn begin_checked(tx: &Transaction<'_>, keys: &Keys, audit: &AuditLog, checked: C
     if interrupted > 0 {
         let entry =
             Entry::rotation_step(&row.secret_name, &row.id, &row.plugin, row.step.as_str(), row.attempt, "interrupted");
-        audit.append_in(tx, keys, &[entry])?;
+        audit.append_in(tx, keys, vec![entry])?;
     }
     if row.attempt >= row.max_attempts {
         let f = Failure::host("interrupted", format!("step {} was interrupted on its last attempt", row.step.as_str()));
@@ -588,7 +588,7 @@ pub fn advance(
     };
     record_attempt(tx, keys, &row, &code, log, outcome.as_ref().err().map(|f| f.message.as_str()))?;
     let entry = Entry::rotation_step(&row.secret_name, &row.id, &row.plugin, row.step.as_str(), row.attempt, &code);
-    audit.append_in(tx, keys, &[entry])?;
+    audit.append_in(tx, keys, vec![entry])?;
     match outcome {
         Ok(()) => match next_step(row.step) {
             Some(step) => {
@@ -656,7 +656,7 @@ fn end(
         .with_detail("plugin", &row.plugin)
         .with_detail("step", row.step.as_str())
         .with_detail("status", status.as_str());
-    audit.append_in(tx, keys, &[entry])?;
+    audit.append_in(tx, keys, vec![entry])?;
     Ok(Next::Ended(Ended {
         emergency: row.trigger == Trigger::BreakGlass.as_str(),
         rotation_id: row.id,
