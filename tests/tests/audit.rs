@@ -745,6 +745,11 @@ async fn no_value_or_token_reaches_logs_records_or_metrics() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+    // A value, like every response, must not be cached on its way.
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let refused = http().get(format!("{}/v1/secrets/app/known3:value", server.url())).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["cache-control"], "no-store");
 
     // Scrape /metrics without a token and parse it strictly.
     let scrape = reqwest::get(format!("{}/metrics", server.url())).await.unwrap();

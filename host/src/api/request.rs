@@ -70,6 +70,9 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
+        // A response may hold a secret value or a token: no browser, proxy
+        // or client cache may keep a copy of it.
+        response.headers_mut().insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if body_read.is_some_and(|ended| !ended.load(Ordering::Acquire)) {
             // The rest of the body is still on the wire (a refusal before
             // an upload was read, a body sent to a route that takes none):
