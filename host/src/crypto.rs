@@ -32,7 +32,7 @@ pub enum CryptoError {
 pub struct MasterKey {
     key: Zeroizing<[u8; 32]>,
     /// The key expanded once for AES-GCM, as every read unwraps a data key
-    /// with it (the `aes` and `ghash` crates zeroize it when dropped).
+    /// with it (`aes` and `polyval`, built with `zeroize`, wipe it when dropped).
     cipher: Aes256Gcm,
     id: String,
 }
