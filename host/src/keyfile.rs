@@ -135,6 +135,9 @@ pub fn rotate_master_key(data_dir: &Path, source: &KeySource) -> anyhow::Result<
     let old = source.load(data_dir)?;
     let old_id = old.id().to_owned();
     let store = Store::open(data_dir, old)?;
+    // Records a killed server left in the journal are MAC'd under the old
+    // key: into the chain with them first, so the rekey covers them.
+    drop(audit::journal::recover(&store, None)?);
     let new = MasterKey::generate();
     let new_id = new.id().to_owned();
     let pending = pending_path(path);

@@ -104,11 +104,11 @@ pub fn audit(cmd: AuditCommand, env_key: Option<Zeroizing<String>>) -> anyhow::R
     let AuditCommand::Verify { data_dir, key_file, output } = cmd;
     let source = KeySource::choose(&data_dir, key_file, env_key)?;
     let master = source.load(&data_dir)?;
-    let verdict = audit::verify::verify_data_dir(&data_dir, &master)?;
+    let (verdict, journaled) = audit::verify::verify_data_dir(&data_dir, &master)?;
     match (&verdict, output) {
         (Ok(s), Output::Json) => println!(
             "{}",
-            serde_json::json!({"intact": true, "records": s.records,
+            serde_json::json!({"intact": true, "records": s.records, "journaled": journaled,
                 "first_time": s.first_time.map(rfc3339), "last_time": s.last_time.map(rfc3339)})
         ),
         (Err(b), Output::Json) => {
@@ -124,6 +124,12 @@ pub fn audit(cmd: AuditCommand, env_key: Option<Zeroizing<String>>) -> anyhow::R
             _ => println!("audit log intact: no records yet, chain head matches"),
         },
         (Err(b), Output::Table) => println!("audit log BROKEN at record {}: {}", b.seq, b.problem),
+    }
+    if journaled > 0 && output == Output::Table {
+        println!(
+            "{journaled} more records are in the journal (the server stopped without folding them); \
+             they are added to the chain at the next start"
+        );
     }
     match verdict {
         Ok(_) => Ok(()),

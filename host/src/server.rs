@@ -124,7 +124,7 @@ pub async fn run(args: ServeArgs, env_key: Option<Zeroizing<String>>) -> anyhow:
         None => None,
     };
     let running = if args.dev { open_dev(args.dev_root_token.as_deref()).await? } else { open(&args, env_key)? };
-    let audit = AuditLog::start(running.store.clone(), sink, alerts.clone());
+    let audit = AuditLog::start(running.store.clone(), sink, alerts.clone())?;
     spawn_purge_job(audit.clone());
     let limits = RuntimeLimits {
         step_timeout: args.plugin_timeout,

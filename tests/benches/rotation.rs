@@ -96,7 +96,7 @@ async fn idle_child(spec: &str) {
     let master = MasterKey::parse(key).expect("master key");
     let store = Store::open(Path::new(dir), master).expect("open store");
     let registry = registry(&store, &Path::new(dir).join("plugin-cache")).await;
-    let audit = AuditLog::start(store.clone(), None, Alerts::default());
+    let audit = AuditLog::start(store.clone(), None, Alerts::default()).expect("audit log");
     let leases =
         Leases::start(store.clone(), audit.clone(), registry.clone(), Default::default()).await.expect("leases");
     let _engine =

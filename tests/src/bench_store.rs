@@ -104,7 +104,7 @@ pub async fn noop_throughput(n: usize, concurrency: usize) -> NoopRun {
         .write(|tx, _| Ok(tx.execute("UPDATE rotation_configs SET next_slot = 0, next_due = 0", [])?))
         .await
         .expect("make every rotation due");
-    let audit = AuditLog::start(store.clone(), None, Alerts::default());
+    let audit = AuditLog::start(store.clone(), None, Alerts::default()).expect("audit log");
     let calls_before = plugin_calls();
     let started = Instant::now();
     let settings = Settings { concurrency, ..Settings::default() };

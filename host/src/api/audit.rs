@@ -46,6 +46,8 @@ pub async fn list(
         Some(n) => return Err(Error::invalid(format!("limit is {n}; choose 1 to 1000"))),
     };
     let after = q.after_seq.max(0);
+    // Every request answered so far is in the table, this one's excepted.
+    st.audit.flush().await?;
     // One more than asked tells whether another page follows.
     let mut records = st.store.read(move |conn, _| chain::list(conn, after, limit + 1)).await?;
     let more = records.len() > limit;

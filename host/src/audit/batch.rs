@@ -93,7 +93,11 @@ fn commit(writer: &Writer, batch: &mut Vec<Pending>) {
     let durability = batch_durability(batch);
     let result = writer.store.write_blocking_with(durability, |tx, keys| writer.append_in(tx, keys, entries));
     let failure = match result {
-        Ok(()) => None,
+        Ok(()) => {
+            // Healthy again: read records may go through the journal.
+            writer.journal.set_stalled(false);
+            None
+        }
         // append_in reported its own failures; a failed commit is reported here.
         Err(e) if e.kind == Kind::Unavailable => Some(e),
         Err(e) => Some(writer.failed(e)),

@@ -26,6 +26,7 @@
 
 mod batch;
 pub mod chain;
+pub mod journal;
 mod request;
 pub mod sink;
 pub mod verify;
@@ -38,6 +39,7 @@ use crate::error::{Error, Kind, Result};
 use crate::metrics::metrics;
 use crate::model::now_millis;
 use crate::store::{Durability, Keys, Store};
+use journal::Journal;
 use rusqlite::Transaction;
 use sink::FileSink;
 use std::collections::BTreeMap;
@@ -162,29 +164,50 @@ pub struct AuditLog {
     writer: Arc<Writer>,
     queue: mpsc::SyncSender<batch::Job>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Ends the fold thread when the last clone is dropped.
+    folder: Arc<journal::Folder>,
 }
 
-/// What appending needs; shared with the group-commit thread, which does not
-/// hold the queue's sender, so it ends when the last `AuditLog` is dropped.
+/// What appending needs; shared with the group-commit and fold threads,
+/// which do not hold the queue's sender or the folder, so they end when
+/// the last `AuditLog` is dropped.
 struct Writer {
     store: Store,
     sink: Option<FileSink>,
     alerts: Alerts,
     last_alert: AtomicI64,
+    journal: Journal,
 }
 
 impl AuditLog {
-    /// Starts the group-commit thread, which ends at [`AuditLog::close`]
-    /// or when the last clone of the returned log is dropped.
-    pub fn start(store: Store, sink: Option<FileSink>, alerts: Alerts) -> AuditLog {
+    /// Opens the journal, folds into the chain what a previous process
+    /// left in it, and starts the group-commit and fold threads, which end
+    /// at [`AuditLog::close`] or when the last clone of the returned log is
+    /// dropped. Fails if the journal cannot be opened or folded: records
+    /// would be lost or out of order.
+    pub fn start(store: Store, sink: Option<FileSink>, alerts: Alerts) -> Result<AuditLog> {
+        let journal = journal::recover(&store, sink.as_ref())?;
         let (queue, receiver) = mpsc::sync_channel(batch::QUEUE);
-        let writer = Arc::new(Writer { store, sink, alerts, last_alert: AtomicI64::new(i64::MIN) });
+        let writer = Arc::new(Writer { store, sink, alerts, last_alert: AtomicI64::new(i64::MIN), journal });
         let batches = writer.clone();
         let thread = std::thread::Builder::new()
             .name("tumbler-audit".into())
             .spawn(move || batch::run(batches, receiver))
             .expect("the audit log's thread could not be started");
-        AuditLog { writer, queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))) }
+        let folder = journal::Folder::start(writer.clone());
+        Ok(AuditLog { writer, queue, thread: Arc::new(std::sync::Mutex::new(Some(thread))), folder: Arc::new(folder) })
+    }
+
+    /// Folds what the journal holds into the chain now, so a reader of
+    /// the table sees every record of what has been answered.
+    pub async fn flush(&self) -> Result<()> {
+        if !self.writer.journal.has_pending() {
+            return Ok(());
+        }
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || journal::fold(&writer))
+            .await
+            .map_err(|_| Error::unavailable("the audit journal could not be folded"))?
     }
 
     /// Commits what is queued, syncs the WAL and ends the group-commit
@@ -192,6 +215,10 @@ impl AuditLog {
     /// (a clean close checkpoints the WAL). Appends after this fail with
     /// `unavailable`.
     pub async fn close(&self) {
+        let folder = self.folder.clone();
+        if tokio::task::spawn_blocking(move || folder.stop()).await.is_err() {
+            tracing::error!("the audit journal's thread did not end cleanly");
+        }
         let queue = self.queue.clone();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         let joined = tokio::task::spawn_blocking(move || {
@@ -225,6 +252,19 @@ impl AuditLog {
     /// committed with `durability` (see the module's doc for which records
     /// may be [`Durability::Normal`]).
     pub async fn append_with(&self, entry: Entry, durability: Durability) -> Result<()> {
+        let entry = match durability {
+            Durability::Normal => match self.writer.journal.append(entry) {
+                Ok(first) => {
+                    if first {
+                        self.folder.wake();
+                    }
+                    return Ok(());
+                }
+                // Stalled or full: group commit answers once it is committed.
+                Err(entry) => entry,
+            },
+            Durability::Full => entry,
+        };
         let (done, wait) = oneshot::channel();
         let gone = || Error::unavailable("the audit log is shutting down; the request was not carried out");
         match self.queue.try_send(batch::Job::Append(batch::Pending { entry, durability, done })) {
@@ -266,6 +306,8 @@ impl Writer {
     /// the error into `unavailable`.
     fn failed(&self, e: Error) -> Error {
         metrics().audit_failures.inc(&[]);
+        // Until a commit succeeds again, no record is answered before it is committed.
+        self.journal.set_stalled(true);
         let now = now_millis();
         let last = self.last_alert.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= ALERT_EVERY_MS

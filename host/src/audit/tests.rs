@@ -146,7 +146,7 @@ fn appending(log: &AuditLog, n: usize, durability: Durability) -> Vec<tokio::tas
 async fn group_commit_writes_every_record_once_in_one_chain() {
     let (dir, store) = test_store();
     let key = key_of(&store).await;
-    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
     let tasks = appending(&log, 300, Durability::Full);
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -161,7 +161,7 @@ async fn group_commit_writes_every_record_once_in_one_chain() {
 async fn close_commits_what_is_queued_then_refuses_more() {
     let (dir, store) = test_store();
     let key = key_of(&store).await;
-    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
     // Fifty appends queue (on this one-thread runtime each runs up to its
     // wait for the commit when this task yields), then the log is closed
     // before any of them is awaited.
@@ -183,7 +183,7 @@ async fn close_commits_what_is_queued_then_refuses_more() {
 #[tokio::test]
 async fn a_mutation_whose_record_cannot_be_written_changes_nothing() {
     let (dir, store) = test_store();
-    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
     raw(&dir)
         .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;")
         .unwrap();
@@ -210,7 +210,7 @@ async fn a_mutation_whose_record_cannot_be_written_changes_nothing() {
 async fn a_mutation_and_its_record_commit_together() {
     let (dir, store) = test_store();
     let key = key_of(&store).await;
-    let log = AuditLog::start(store.clone(), None, Alerts::default());
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
     let audit = RequestAudit::new(log, "req_9", "10.0.0.1:5000", "test".into());
     audit.set_caller("tok_1", "ci");
     audit.target("secret.create", "app/db");
@@ -275,4 +275,79 @@ fn chain_check_reports_the_first_break() {
     let err = check.next(&records[2]).unwrap_err();
     assert_eq!(err.seq, 2);
     assert!(err.problem.contains("deleted"), "{err:?}");
+}
+
+#[tokio::test]
+async fn reads_are_answered_from_the_journal_and_folded_into_the_chain() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
+    for i in 0..100 {
+        log.append_with(entry(i), Durability::Normal).await.unwrap();
+    }
+    // `flush` is what `GET /v1/audit` does first: every answered read is then in the table.
+    log.flush().await.unwrap();
+    assert_eq!(verdict(&dir, &key).unwrap().records, 100);
+    let resources: Vec<String> =
+        store.read(|c, _| Ok(chain::list(c, 0, 1000)?.into_iter().map(|r| r.resource).collect())).await.unwrap();
+    assert_eq!(resources, (0..100).map(|i| format!("app/s{i}")).collect::<Vec<_>>(), "in the order answered");
+    // The fold thread folds without being asked.
+    log.append_with(entry(100), Durability::Normal).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while verdict(&dir, &key).unwrap().records < 101 {
+        assert!(std::time::Instant::now() < deadline, "the journal was not folded");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn records_a_killed_process_left_in_the_journal_go_into_the_chain_at_start() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    fill(&store, 2).await;
+    // What a killed server leaves: entries in the journal, never folded.
+    let journal = journal::recover(&store, None).unwrap();
+    for i in 10..13 {
+        assert!(journal.append(entry(i)).is_ok());
+    }
+    drop(journal);
+    assert_eq!(verdict(&dir, &key).unwrap().records, 2);
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
+    assert_eq!(verdict(&dir, &key).unwrap().records, 5, "folded before anything else is recorded");
+    let resources: Vec<String> =
+        store.read(|c, _| Ok(chain::list(c, 0, 10)?.into_iter().map(|r| r.resource).collect())).await.unwrap();
+    assert_eq!(resources, ["app/s1", "app/s2", "app/s10", "app/s11", "app/s12"]);
+    // Once: a second start finds nothing left to fold.
+    log.close().await;
+    drop(log);
+    let again = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
+    again.close().await;
+    assert_eq!(verdict(&dir, &key).unwrap().records, 5);
+}
+
+#[tokio::test]
+async fn a_fold_that_fails_keeps_its_records_and_reads_wait_for_commits_again() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
+    raw(&dir)
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;")
+        .unwrap();
+    // Journaled (a killed process would lose nothing), then the fold fails.
+    log.append_with(entry(1), Durability::Normal).await.unwrap();
+    assert_eq!(log.flush().await.unwrap_err().kind, Kind::Unavailable);
+    // From then on a read is answered only once its record is committed: refused.
+    let err = log.append_with(entry(2), Durability::Normal).await.unwrap_err();
+    assert_eq!(err.kind, Kind::Unavailable, "{err}");
+    raw(&dir).execute_batch("DROP TRIGGER refuse").unwrap();
+    // A commit that succeeds makes the journal usable again; the record
+    // whose fold failed is still there and goes in.
+    log.append_with(entry(3), Durability::Normal).await.unwrap();
+    log.append_with(entry(4), Durability::Normal).await.unwrap();
+    log.flush().await.unwrap();
+    let mut resources: Vec<String> =
+        store.read(|c, _| Ok(chain::list(c, 0, 10)?.into_iter().map(|r| r.resource).collect())).await.unwrap();
+    resources.sort();
+    assert_eq!(resources, ["app/s1", "app/s3", "app/s4"]);
+    assert_eq!(verdict(&dir, &key).unwrap().records, 3);
 }

@@ -522,7 +522,7 @@ mod tests {
     async fn an_idle_sweeper_reads_but_never_writes() {
         let (dir, store) = crate::store::test_store();
         let alerts = crate::alerts::Alerts::new(None, crate::alerts::Retry::default()).unwrap();
-        let audit = AuditLog::start(store.clone(), None, alerts);
+        let audit = AuditLog::start(store.clone(), None, alerts).unwrap();
         let cache =
             crate::plugins::cache::ComponentCache::new(dir.path().join("cache"), Zeroizing::new([3; 32])).unwrap();
         let runtime = crate::plugins::Runtime::new(Default::default(), cache).unwrap();

@@ -41,7 +41,7 @@ async fn setup() -> (tempfile::TempDir, Store, AuditLog) {
         })
         .await
         .unwrap();
-    let audit = AuditLog::start(store.clone(), None, Alerts::default());
+    let audit = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
     (dir, store, audit)
 }
 

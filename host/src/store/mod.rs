@@ -112,6 +112,7 @@ struct Inner {
     /// Whether a [`Durability::Normal`] commit waits for a sync of the
     /// WAL, and the WAL (shared with the checkpoint thread, which syncs it).
     wal: Arc<WalSync>,
+    data_dir: PathBuf,
 }
 
 impl Store {
@@ -172,8 +173,14 @@ impl Store {
                 values: values::ValueCache::default(),
                 commits: AtomicU64::new(0),
                 wal,
+                data_dir: data_dir.to_path_buf(),
             }),
         })
+    }
+
+    /// The directory the store's files are in.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
     }
 
     /// A key derived from the master key for `purpose` (HKDF).
