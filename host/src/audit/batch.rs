@@ -1,5 +1,6 @@
-//! Group commit: records that do not ride in a mutation's transaction (reads,
-//! refused requests, events) queue here; one thread of its own writes
+//! Group commit: records that do not ride in a mutation's transaction nor
+//! go through the journal (refused mutating requests, events, and read
+//! records while the journal is stalled or full) queue here; one thread of its own writes
 //! whatever has queued in one transaction while the next batch gathers,
 //! and each waiter hears
 //! back only when its own record is committed with the durability it asked

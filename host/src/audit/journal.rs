@@ -37,7 +37,7 @@ use rusqlite::{OptionalExtension, Transaction};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -59,6 +59,8 @@ const POSITION_KEY: &str = "audit_journal";
 struct Map {
     ptr: *mut u8,
     len: usize,
+    /// Kept open: it holds the lock that keeps a second writer out.
+    _file: std::fs::File,
 }
 
 // SAFETY: the mapping is plain memory; every access goes through the
@@ -88,6 +90,13 @@ impl Map {
             file.set_len(SIZE as u64).map_err(|e| io_error(path, e))?;
         }
         use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(Error::conflict(format!(
+                "the audit journal {} is in use by another tumbler process on this data dir",
+                path.display()
+            )));
+        }
         // SAFETY: a fresh shared mapping of a file of SIZE bytes we opened;
         // unmapped in Drop.
         let ptr = unsafe {
@@ -103,7 +112,7 @@ impl Map {
         if ptr == libc::MAP_FAILED {
             return Err(io_error(path, std::io::Error::last_os_error()));
         }
-        Ok(Map { ptr: ptr.cast(), len: SIZE })
+        Ok(Map { ptr: ptr.cast(), len: SIZE, _file: file })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -251,10 +260,7 @@ impl Journal {
 
     /// A record failed, or one succeeded, somewhere else.
     pub fn set_stalled(&self, stalled: bool) {
-        let mut state = self.lock();
-        if state.stalled != stalled {
-            state.stalled = stalled;
-        }
+        self.lock().stalled = stalled;
     }
 
     fn close(&self) {
@@ -483,10 +489,6 @@ pub fn position(conn: &rusqlite::Connection) -> Result<Option<(u64, usize)>> {
         .ok_or_else(|| Error::internal(format!("the audit journal position in meta is malformed ({text:?})")))
 }
 
-pub fn path(data_dir: &Path) -> PathBuf {
-    data_dir.join(FILE)
-}
-
 pub fn mac_key(store: &crate::store::Store) -> Zeroizing<[u8; 32]> {
     store.derive_key(MAC_PURPOSE)
 }
@@ -703,6 +705,16 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = Journal::open(dir.path(), key(), None).err().unwrap();
         assert!(err.message().contains("damaged"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let err = Journal::open(dir.path(), key(), None).err().unwrap();
+        assert!(err.message().contains("in use by another"), "{}", err.message());
+        drop(journal);
+        assert!(Journal::open(dir.path(), key(), None).is_ok());
     }
 
     #[test]

@@ -3,23 +3,27 @@
 //! reorder or a recomputed chain is detectable (`tumbler audit verify`).
 //!
 //! Fail closed: a mutation's record is appended in the mutation's own
-//! transaction ([`RequestAudit::write`]); any other record goes through
-//! group commit and the caller waits for it (a read's body is sent only
-//! after its record is committed). If a record cannot be written, the
-//! caller gets `unavailable` (503) and nothing else changes.
+//! transaction ([`RequestAudit::write`]). A record of what has already
+//! happened and cannot be taken back ([`Durability::Normal`]: a read-only
+//! request's, GET, HEAD, OPTIONS, whose body is sent only after; a plugin
+//! capability call's, whose result the plugin sees only after; those of
+//! rotation transitions a restart redoes) goes into the [`journal`] on the
+//! caller's own thread, and is folded into the chain within milliseconds.
+//! Any other record, and these too while the journal is stalled by a
+//! failure or full, goes through group commit and the caller waits for
+//! its commit. If a record cannot be written, the caller gets
+//! `unavailable` (503) and nothing else changes.
 //!
 //! Durability: a mutation's record (in the mutation's transaction) and the
 //! record of a refused mutating request are on disk (fsynced) before the
-//! caller hears back. Records of what has already happened and cannot be
-//! taken back commit to the WAL (`synchronous=NORMAL`) before the caller
-//! goes on: a read-only request's (GET, HEAD, OPTIONS; its body is sent
-//! only after), a plugin capability call's (the plugin sees the result only
-//! after), and those of rotation transitions a restart redoes. A crash or
-//! kill of the process loses none of them; they reach the disk within
-//! [`crate::store::SYNC_EVERY`] or with the next fsynced commit, whichever
-//! is first, so a power cut or kernel crash can lose at most the last
-//! fraction of a second of them, never a mutation's, and what it loses is a suffix of the
-//! chain, so `audit verify` still passes on what remains.
+//! caller hears back. The others are in the kernel before the caller goes
+//! on (in the journal's mapped pages, or committed to the WAL with
+//! `synchronous=NORMAL`); a crash or kill of the process loses none of
+//! them. They reach the disk within [`crate::store::SYNC_EVERY`] of their
+//! fold or with the next fsynced commit, whichever is first, so a power cut
+//! or kernel crash can lose at most the last fraction of a second of them,
+//! never a mutation's, and what it loses is a suffix of the chain, so
+//! `audit verify` still passes on what remains.
 //!
 //! Records never hold a secret value or a token: only names, ids, the
 //! action, the outcome and short non-secret details.
