@@ -46,7 +46,7 @@ pub const FILE: &str = "audit.journal";
 /// Size of the journal file: about 40,000 read records.
 pub const SIZE: usize = 8 << 20;
 /// How often the journal is folded into the chain while it holds records.
-pub const FOLD_EVERY: Duration = Duration::from_millis(2);
+pub const FOLD_EVERY: Duration = Duration::from_millis(10);
 const MAGIC: &[u8; 8] = b"TBLJRNL1";
 const HEADER: usize = 16;
 const MAC_LEN: usize = 32;
@@ -150,9 +150,10 @@ struct State {
     generation: u64,
     /// Where the next entry goes.
     end: usize,
-    /// Entries appended and not yet folded, in order, with the end of the
-    /// last of them.
+    /// Entries appended and not yet taken by a fold, in order.
     pending: Vec<Entry>,
+    /// Where the first of `pending` is in the journal.
+    pending_from: usize,
     /// Set by any failure to write a record; cleared by the next commit
     /// that succeeds. While set, `append` refuses (callers use group commit).
     stalled: bool,
@@ -160,10 +161,11 @@ struct State {
     closed: bool,
 }
 
-/// What a fold takes: the entries, and where the journal will be folded to.
+/// What a fold takes: the entries, and where in the journal they are.
 pub struct Taken {
     pub entries: Vec<Entry>,
     generation: u64,
+    from: usize,
     end: usize,
 }
 
@@ -180,13 +182,20 @@ impl Journal {
         let journal = Journal {
             map,
             key,
-            state: Mutex::new(State { generation, end, pending: Vec::new(), stalled: false, closed: false }),
+            state: Mutex::new(State {
+                generation,
+                end,
+                pending: Vec::new(),
+                pending_from: end,
+                stalled: false,
+                closed: false,
+            }),
             folding: Mutex::new(()),
         };
         if scanned.fresh {
             journal.start_over(&mut journal.lock(), 0);
         }
-        Ok((journal, Taken { entries, generation, end }))
+        Ok((journal, Taken { entries, generation, from: scanned.from, end }))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -218,7 +227,9 @@ impl Journal {
     /// Takes what is pending, for a fold.
     pub fn take(&self) -> Taken {
         let mut state = self.lock();
-        Taken { entries: std::mem::take(&mut state.pending), generation: state.generation, end: state.end }
+        let end = state.end;
+        let from = std::mem::replace(&mut state.pending_from, end);
+        Taken { entries: std::mem::take(&mut state.pending), generation: state.generation, from, end }
     }
 
     /// Serializes folds: hold the returned guard from [`Journal::take`] to
@@ -248,13 +259,27 @@ impl Journal {
         }
     }
 
-    /// After a failed fold: the entries go back in front of what came in
-    /// since (they are still in the journal), and the journal stalls.
+    /// After a failed fold, whose commit consumed the entries: they are
+    /// read back from the journal and go in front of what came in since,
+    /// and the journal stalls. (No copy is kept for this: a fold that
+    /// succeeds, nearly every one, would pay for it.)
     pub fn unfolded(&self, taken: Taken) {
         let mut state = self.lock();
-        let mut entries = taken.entries;
+        let mut entries = Vec::new();
+        let mut at = taken.from;
+        while at < taken.end {
+            // This process wrote these bytes, under this key: they read back.
+            match read_entry(self.map.bytes(), &self.key, taken.generation, at, Path::new(FILE)) {
+                Ok(Some((entry, next))) => {
+                    entries.push(entry);
+                    at = next;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
         entries.append(&mut state.pending);
         state.pending = entries;
+        state.pending_from = taken.from;
         state.stalled = true;
     }
 
@@ -285,6 +310,8 @@ impl Journal {
 struct Scanned {
     fresh: bool,
     generation: u64,
+    /// Where the unfolded entries begin, and end.
+    from: usize,
     end: usize,
     entries: Vec<Entry>,
 }
@@ -313,15 +340,15 @@ fn scan(bytes: &[u8], key: &[u8; 32], position: Option<(u64, usize)>, path: &Pat
         }
     };
     let mut entries = Vec::new();
-    let mut end = HEADER;
-    if let Some(start) = start {
-        end = start;
+    let from = start.unwrap_or(HEADER);
+    let mut end = from;
+    if start.is_some() {
         while let Some((entry, next)) = read_entry(bytes, key, generation, end, path)? {
             entries.push(entry);
             end = next;
         }
     }
-    Ok(Scanned { fresh, generation, end, entries })
+    Ok(Scanned { fresh, generation, from, end, entries })
 }
 
 /// For `tumbler audit verify`, read-only: how many records the journal
@@ -347,9 +374,9 @@ pub fn recover(store: &Store, sink: Option<&FileSink>) -> Result<Journal> {
     let dir = store.data_dir().to_path_buf();
     let mut opened = None;
     store.write_blocking_with(Durability::Full, |tx, keys| {
-        let (journal, taken) = Journal::open(&dir, key, position(tx)?)?;
+        let (journal, mut taken) = Journal::open(&dir, key, position(tx)?)?;
         if !taken.entries.is_empty() {
-            let records = chain::append(tx, &keys.audit, taken.entries.clone())?;
+            let records = chain::append(tx, &keys.audit, std::mem::take(&mut taken.entries))?;
             if let Some(sink) = sink {
                 sink.write(&records)?;
             }
@@ -368,13 +395,13 @@ pub fn recover(store: &Store, sink: Option<&FileSink>) -> Result<Journal> {
 pub(super) fn fold(writer: &Writer) -> Result<()> {
     let journal = &writer.journal;
     let _one_at_a_time = journal.fold_guard();
-    let taken = journal.take();
+    let mut taken = journal.take();
     if taken.entries.is_empty() {
         return Ok(());
     }
     metrics().audit_batch_records.observe(&[], taken.entries.len() as f64);
-    // A copy: a failed fold puts them back.
-    let entries = taken.entries.clone();
+    // Moved, not copied: a failed fold reads them back from the journal.
+    let entries = std::mem::take(&mut taken.entries);
     let result = writer.store.write_blocking_with(Durability::Normal, |tx, keys| {
         Journal::note_position(tx, &taken)?;
         writer.append_in(tx, keys, entries)
