@@ -78,17 +78,6 @@ impl Map {
             .mode(0o600)
             .open(path)
             .map_err(|e| io_error(path, e))?;
-        let len = file.metadata().map_err(|e| io_error(path, e))?.len();
-        if len != SIZE as u64 {
-            if len != 0 {
-                return Err(Error::internal(format!(
-                    "{} is {len} bytes, not {SIZE}: it is not tumbler's audit journal. Move it away only if \
-                     you know what it is; records it holds would be lost",
-                    path.display()
-                )));
-            }
-            file.set_len(SIZE as u64).map_err(|e| io_error(path, e))?;
-        }
         use std::os::fd::AsRawFd;
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -96,6 +85,23 @@ impl Map {
                 "the audit journal {} is in use by another tumbler process on this data dir",
                 path.display()
             )));
+        }
+        let len = file.metadata().map_err(|e| io_error(path, e))?.len();
+        if len != 0 && len != SIZE as u64 {
+            return Err(Error::internal(format!(
+                "{} is {len} bytes, not {SIZE}: it is not tumbler's audit journal. Move it away only if \
+                 you know what it is; records it holds would be lost",
+                path.display()
+            )));
+        }
+        // Blocks reserved up front (this also sizes a new file): a write
+        // into a mapped page that needed a block the disk no longer has
+        // would kill the process (SIGBUS) instead of failing a request.
+        // Cheap when they are reserved already.
+        // SAFETY: on a descriptor we own.
+        let reserved = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, SIZE as libc::off_t) };
+        if reserved != 0 {
+            return Err(io_error(path, std::io::Error::from_raw_os_error(reserved)));
         }
         // SAFETY: a fresh shared mapping of a file of SIZE bytes we opened;
         // unmapped in Drop.
@@ -732,6 +738,18 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let err = Journal::open(dir.path(), key(), None).err().unwrap();
         assert!(err.message().contains("damaged"), "{}", err.message());
+    }
+
+    #[test]
+    fn the_journal_has_its_blocks_before_anything_is_written_into_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (_journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let meta = std::fs::metadata(dir.path().join(FILE)).unwrap();
+        assert_eq!(meta.len(), SIZE as u64);
+        // Not sparse: a full disk cannot fault a write into the mapping.
+        assert!(meta.blocks() * 512 >= SIZE as u64, "{} blocks", meta.blocks());
+        assert_eq!(meta.mode() & 0o777, 0o600);
     }
 
     #[test]
