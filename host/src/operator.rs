@@ -125,11 +125,15 @@ pub fn audit(cmd: AuditCommand, env_key: Option<Zeroizing<String>>) -> anyhow::R
         },
         (Err(b), Output::Table) => println!("audit log BROKEN at record {}: {}", b.seq, b.problem),
     }
-    if journaled > 0 && output == Output::Table {
-        println!(
-            "{journaled} more records are in the journal (the server stopped without folding them); \
-             they are added to the chain at the next start"
-        );
+    if output == Output::Table {
+        match journaled {
+            Some(0) => {}
+            Some(n) => println!(
+                "{n} more records are in the journal (the server stopped without folding them); \
+                 they are added to the chain at the next start"
+            ),
+            None => println!("a server is running: records it has answered may still be in its journal"),
+        }
     }
     match verdict {
         Ok(_) => Ok(()),

@@ -480,10 +480,25 @@ async fn audit_verify_finds_every_kind_of_tampering() {
 async fn verify_refuses_a_wrong_key_and_runs_beside_a_server() {
     let mut inst = Instance::start();
     inst.root().create_secret("app/x", "v").await;
-    // Beside the running server: it only reads.
-    let n = assert_intact(&inst.data_dir, &inst.key_file);
-    assert!(n >= 2);
+    // Beside the running server: it only reads, and leaves the journal,
+    // whose entries move while it would read them, to the server, even
+    // under a stream of reads that fill it.
+    let c = inst.root();
+    let reads = tokio::spawn(async move {
+        for _ in 0..300 {
+            c.read_value("app/x").await;
+        }
+    });
+    for _ in 0..3 {
+        let out = verify(&inst.data_dir, &inst.key_file);
+        out.assert_success();
+        assert!(out.json()["journaled"].is_null(), "{out:?}");
+        assert!(out.json()["records"].as_i64().unwrap() >= 2, "{out:?}");
+    }
+    reads.await.unwrap();
     inst.stop();
+    let out = verify(&inst.data_dir, &inst.key_file);
+    assert_eq!(out.json()["journaled"], 0, "a clean stop folds everything: {out:?}");
     let other = tempfile::tempdir().unwrap();
     let other_key = other.path().join("other.key");
     init(&other.path().join("data"), &other_key);

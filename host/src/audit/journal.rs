@@ -358,19 +358,34 @@ fn scan(bytes: &[u8], key: &[u8; 32], position: Option<(u64, usize)>, path: &Pat
 }
 
 /// For `tumbler audit verify`, read-only: how many records the journal
-/// holds that are not in the table yet (a killed server's; they go in at
-/// the next start). An error if the journal is damaged or edited.
-pub fn unfolded(data_dir: &Path, master: &crate::crypto::MasterKey, conn: &rusqlite::Connection) -> Result<usize> {
+/// holds that are not in the table yet (a stopped server's; they go in at
+/// the next start). `None` while a server holds the journal: its entries
+/// move under the reader's feet and are that server's to fold. An error if
+/// the journal is damaged or edited.
+pub fn unfolded(
+    data_dir: &Path,
+    master: &crate::crypto::MasterKey,
+    conn: &rusqlite::Connection,
+) -> Result<Option<usize>> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
     let path = data_dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(0)),
         Err(e) => return Err(io_error(&path, e)),
     };
+    // Shared: no server can start and take the journal while it is read.
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(SIZE);
+    file.read_to_end(&mut bytes).map_err(|e| io_error(&path, e))?;
     if bytes.len() != SIZE {
         return Err(Error::internal(format!("{} is {} bytes, not {SIZE}", path.display(), bytes.len())));
     }
-    Ok(scan(&bytes, &master.derive(MAC_PURPOSE), position(conn)?, &path)?.entries.len())
+    Ok(Some(scan(&bytes, &master.derive(MAC_PURPOSE), position(conn)?, &path)?.entries.len()))
 }
 
 /// Opens the store's journal and folds into the chain, in one transaction,

@@ -150,8 +150,8 @@ pub fn check_store(conn: &mut rusqlite::Connection, key: &[u8; 32]) -> Result<Re
 /// `tumbler audit verify`: opens the store read-only with `master` and walks
 /// the chain.
 /// Also returns how many records wait in the journal (see
-/// [`super::journal::unfolded`]).
-pub fn verify_data_dir(data_dir: &Path, master: &MasterKey) -> Result<(Result<Summary, Break>, usize)> {
+/// [`super::journal::unfolded`]; `None` while a server holds it).
+pub fn verify_data_dir(data_dir: &Path, master: &MasterKey) -> Result<(Result<Summary, Break>, Option<usize>)> {
     store::check_master_key(data_dir, master)?;
     let mut conn = store::open_read_only(data_dir)?;
     let verdict = check_store(&mut conn, &store::audit_key(master))?;
