@@ -178,7 +178,7 @@ pub struct Taken {
 impl Journal {
     /// Opens (creating) the journal in `data_dir` and returns it with the
     /// entries a previous process left that are not yet in the table: the
-    /// caller folds them ([`Journal::fold_into`]) before anything else is
+    /// caller folds them (see [`recover`]) before anything else is
     /// recorded. `position` is what `meta` says was folded.
     pub fn open(data_dir: &Path, key: Zeroizing<[u8; 32]>, position: Option<(u64, usize)>) -> Result<(Journal, Taken)> {
         let path = data_dir.join(FILE);
@@ -310,6 +310,7 @@ impl Journal {
         self.map.write(0, &header);
         state.generation = generation;
         state.end = HEADER;
+        state.pending_from = HEADER;
     }
 }
 
@@ -736,6 +737,28 @@ mod tests {
         let (_, again) = Journal::open(dir.path(), key(), position).unwrap();
         let ids: Vec<_> = again.entries.iter().map(|e| e.request_id.as_str()).collect();
         assert_eq!(ids, ["req-7"]);
+    }
+
+    #[test]
+    fn a_failed_fold_after_a_start_over_gets_its_entries_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        journal.append(entry(1)).unwrap();
+        let first = journal.take();
+        journal.folded(&first);
+        journal.append(entry(2)).unwrap();
+        let mut failed = journal.take();
+        // The failed commit consumed them.
+        failed.entries.clear();
+        journal.unfolded(failed);
+        assert!(journal.append(entry(9)).is_err(), "stalled by the failed fold");
+        // A commit elsewhere succeeded.
+        journal.set_stalled(false);
+        journal.append(entry(3)).unwrap();
+        let again = journal.take();
+        let ids: Vec<_> = again.entries.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(ids, ["req-2", "req-3"]);
+        assert_eq!(again.from, HEADER, "from the start of the new generation");
     }
 
     #[test]
