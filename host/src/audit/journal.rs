@@ -180,7 +180,11 @@ impl Journal {
     /// entries a previous process left that are not yet in the table: the
     /// caller folds them (see [`recover`]) before anything else is
     /// recorded. `position` is what `meta` says was folded.
-    pub fn open(data_dir: &Path, key: Zeroizing<[u8; 32]>, position: Option<(u64, usize)>) -> Result<(Journal, Taken)> {
+    pub fn open(
+        data_dir: &Path,
+        key: Zeroizing<[u8; 32]>,
+        position: Option<(u64, usize)>,
+    ) -> Result<(Journal, Taken, Option<Damage>)> {
         let path = data_dir.join(FILE);
         let map = Map::open(&path)?;
         let scanned = scan(map.bytes(), &key, position, &path)?;
@@ -201,7 +205,7 @@ impl Journal {
         if scanned.fresh {
             journal.start_over(&mut journal.lock(), 0);
         }
-        Ok((journal, Taken { entries, generation, from: scanned.from, end }))
+        Ok((journal, Taken { entries, generation, from: scanned.from, end }, scanned.damage))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -275,7 +279,7 @@ impl Journal {
         let mut at = taken.from;
         while at < taken.end {
             // This process wrote these bytes, under this key: they read back.
-            match read_entry(self.map.bytes(), &self.key, taken.generation, at, Path::new(FILE)) {
+            match read_entry(self.map.bytes(), &self.key, taken.generation, at) {
                 Ok(Some((entry, next))) => {
                     entries.push(entry);
                     at = next;
@@ -314,9 +318,17 @@ impl Journal {
     }
 }
 
+/// Where a journal stopped making sense, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub at: usize,
+    pub what: &'static str,
+}
+
 struct Scanned {
     fresh: bool,
     generation: u64,
+    damage: Option<Damage>,
     /// Where the unfolded entries begin, and end.
     from: usize,
     end: usize,
@@ -324,38 +336,52 @@ struct Scanned {
 }
 
 /// Reads the journal's entries that `position` (from `meta`) says are not
-/// folded yet, checking each one's MAC.
+/// folded yet, checking each one's MAC, up to the end mark or to the first
+/// entry that does not check out (`damage`). A power cut leaves such
+/// journals: its pages reach the disk when the kernel writes them back,
+/// not in order, so the file can hold an older generation than the store
+/// has folded (all of it folded then), or a newer one than the store
+/// noted (the folds in between went with the WAL's unsynced tail), or
+/// entries cut short. None of that stops a start.
 fn scan(bytes: &[u8], key: &[u8; 32], position: Option<(u64, usize)>, path: &Path) -> Result<Scanned> {
     let fresh = bytes[..HEADER].iter().all(|b| *b == 0);
     if !fresh && &bytes[..8] != MAGIC {
-        return Err(Error::internal(format!("{} does not start like tumbler's audit journal", path.display())));
+        return Err(Error::internal(format!(
+            "{} does not start like tumbler's audit journal; move it out of the data dir if you know what it is",
+            path.display()
+        )));
     }
     let generation = if fresh { 0 } else { u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) };
     let start = match position {
         _ if fresh => None,
         Some((g, offset)) if g == generation => Some(offset),
-        Some((g, _)) if g + 1 == generation => Some(HEADER),
+        // Started over since the last fold the store noted.
+        Some((g, _)) if generation > g => Some(HEADER),
+        // Older than what the store has folded: all of it is in the table.
+        Some(_) => None,
         // Never folded: everything in it is new.
         None => Some(HEADER),
-        Some((g, _)) => {
-            return Err(Error::internal(format!(
-                "the audit journal {} is at generation {generation} but the store has folded generation {g}: \
-                 the journal or the store was replaced (restored from a backup?). Keep a copy of the journal \
-                 and remove it to start; the records in it would be lost",
-                path.display()
-            )));
-        }
     };
     let mut entries = Vec::new();
     let from = start.unwrap_or(HEADER);
     let mut end = from;
+    let mut damage = None;
     if start.is_some() {
-        while let Some((entry, next)) = read_entry(bytes, key, generation, end, path)? {
-            entries.push(entry);
-            end = next;
+        loop {
+            match read_entry(bytes, key, generation, end) {
+                Ok(Some((entry, next))) => {
+                    entries.push(entry);
+                    end = next;
+                }
+                Ok(None) => break,
+                Err(what) => {
+                    damage = Some(Damage { at: end, what });
+                    break;
+                }
+            }
         }
     }
-    Ok(Scanned { fresh, generation, from, end, entries })
+    Ok(Scanned { fresh, generation, damage, from, end, entries })
 }
 
 /// For `tumbler audit verify`, read-only: how many records the journal
@@ -386,30 +412,65 @@ pub fn unfolded(
     if bytes.len() != SIZE {
         return Err(Error::internal(format!("{} is {} bytes, not {SIZE}", path.display(), bytes.len())));
     }
-    Ok(Some(scan(&bytes, &master.derive(MAC_PURPOSE), position(conn)?, &path)?.entries.len()))
+    let scanned = scan(&bytes, &master.derive(MAC_PURPOSE), position(conn)?, &path)?;
+    if let Some(damage) = scanned.damage {
+        return Err(Error::internal(format!(
+            "the audit journal {} is damaged at byte {} ({}): it was edited, or cut short by a power failure. \
+             {} records before that point go into the chain at the next start, which records the damage",
+            path.display(),
+            damage.at,
+            damage.what,
+            scanned.entries.len()
+        )));
+    }
+    Ok(Some(scanned.entries.len()))
 }
 
 /// Opens the store's journal and folds into the chain, in one transaction,
-/// what a previous process left in it; the journal then starts over.
+/// what a previous process left in it; the journal then starts over, in a
+/// generation newer than any it or the store has seen (so bytes an old
+/// generation left behind can never pass for entries). A journal that
+/// stops making sense part way (edited, or cut by a power failure) does
+/// not stop the start: what checked out before that point goes in, and
+/// a `system` record `audit.journal_damaged` says where and why, in the
+/// chain, where it cannot be quietly removed.
 pub fn recover(store: &Store, sink: Option<&FileSink>) -> Result<Journal> {
     let key = mac_key(store);
     let dir = store.data_dir().to_path_buf();
     let mut opened = None;
     store.write_blocking_with(Durability::Full, |tx, keys| {
-        let (journal, mut taken) = Journal::open(&dir, key, position(tx)?)?;
-        if !taken.entries.is_empty() {
-            let records = chain::append(tx, &keys.audit, std::mem::take(&mut taken.entries))?;
+        let folded = position(tx)?;
+        let (journal, taken, damage) = Journal::open(&dir, key, folded)?;
+        let mut entries = taken.entries;
+        let replayed = entries.len();
+        if let Some(damage) = &damage {
+            tracing::error!(
+                at = damage.at,
+                problem = damage.what,
+                replayed,
+                "the audit journal is damaged (edited, or cut by a power failure); recorded in the audit log"
+            );
+            entries.push(
+                super::Entry::event(EntryKind::System, "audit.journal_damaged", FILE, "damaged")
+                    .with_detail("at_byte", damage.at)
+                    .with_detail("problem", damage.what)
+                    .with_detail("records_recovered", replayed),
+            );
+        }
+        if !entries.is_empty() {
+            let records = chain::append(tx, &keys.audit, entries)?;
             if let Some(sink) = sink {
                 sink.write(&records)?;
             }
-            tracing::info!(records = records.len(), "audit records left in the journal were added to the chain");
+            tracing::info!(records = replayed, "audit records left in the journal were added to the chain");
         }
-        Journal::note_position(tx, &taken)?;
-        opened = Some((journal, taken));
+        let next = taken.generation.max(folded.map_or(0, |(g, _)| g)) + 1;
+        Journal::note_position(tx, &Taken { entries: Vec::new(), generation: next, from: HEADER, end: HEADER })?;
+        opened = Some((journal, next));
         Ok(())
     })?;
-    let (journal, taken) = opened.ok_or_else(|| Error::internal("the audit journal was not opened"))?;
-    journal.folded(&taken);
+    let (journal, next) = opened.ok_or_else(|| Error::internal("the audit journal was not opened"))?;
+    journal.start_over(&mut journal.lock(), next);
     Ok(journal)
 }
 
@@ -546,19 +607,18 @@ fn entry_mac(key: &[u8; 32], generation: u64, at: usize, payload: &[u8]) -> Vec<
     crypto::mac(key, &[LABEL, &generation.to_be_bytes(), &(at as u64).to_be_bytes(), payload])
 }
 
-/// The entry at `at`, and where the next begins; `None` at the end. An
-/// entry whose MAC does not match is refused: the journal was damaged or
-/// edited, and what it says cannot be recorded as if it were true.
-fn read_entry(bytes: &[u8], key: &[u8; 32], generation: u64, at: usize, path: &Path) -> Result<Option<(Entry, usize)>> {
-    let damaged = |what: &str| {
-        Error::internal(format!(
-            "the audit journal {} is damaged at byte {at} ({what}). Keep a copy of it for investigation; \
-             `tumbler audit verify` checks the table",
-            path.display()
-        ))
-    };
+/// The entry at `at`, and where the next begins; `None` at the end mark.
+/// An entry that does not check out (its MAC, its length, its encoding)
+/// is refused with what is wrong: the journal was damaged or edited, and
+/// what it says cannot be recorded as if it were true.
+fn read_entry(
+    bytes: &[u8],
+    key: &[u8; 32],
+    generation: u64,
+    at: usize,
+) -> std::result::Result<Option<(Entry, usize)>, &'static str> {
     if at + 4 > bytes.len() {
-        return Err(damaged("no end mark"));
+        return Err("no end mark");
     }
     let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
     if len == 0 {
@@ -566,14 +626,14 @@ fn read_entry(bytes: &[u8], key: &[u8; 32], generation: u64, at: usize, path: &P
     }
     let next = at + 4 + len + MAC_LEN;
     if next + 4 > bytes.len() {
-        return Err(damaged("a length past the end"));
+        return Err("a length past the end");
     }
     let payload = &bytes[at + 4..at + 4 + len];
     let mac = &bytes[at + 4 + len..next];
     if !same(&entry_mac(key, generation, at, payload), mac) {
-        return Err(damaged("a record whose MAC does not match"));
+        return Err("a record whose MAC does not match");
     }
-    let entry = decode(payload).ok_or_else(|| damaged("a record that does not decode"))?;
+    let entry = decode(payload).ok_or("a record that does not decode")?;
     Ok(Some((entry, next)))
 }
 
@@ -705,7 +765,7 @@ mod tests {
     #[test]
     fn a_reopened_journal_gives_back_what_was_not_folded() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, taken) = Journal::open(dir.path(), key(), None).unwrap();
+        let (journal, taken, _) = Journal::open(dir.path(), key(), None).unwrap();
         assert!(taken.entries.is_empty());
         for i in 0..3 {
             journal.append(entry(i)).unwrap();
@@ -717,7 +777,7 @@ mod tests {
             journal.append(entry(i)).unwrap();
         }
         drop(journal);
-        let (_, taken) = Journal::open(dir.path(), key(), position).unwrap();
+        let (_, taken, _) = Journal::open(dir.path(), key(), position).unwrap();
         let ids: Vec<_> = taken.entries.iter().map(|e| e.request_id.as_str()).collect();
         assert_eq!(ids, ["req-3", "req-4"]);
     }
@@ -725,7 +785,7 @@ mod tests {
     #[test]
     fn a_journal_started_over_does_not_give_back_the_last_generation() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let (journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
         for i in 0..3 {
             journal.append(entry(i)).unwrap();
         }
@@ -734,7 +794,7 @@ mod tests {
         journal.folded(&taken);
         journal.append(entry(7)).unwrap();
         drop(journal);
-        let (_, again) = Journal::open(dir.path(), key(), position).unwrap();
+        let (_, again, _) = Journal::open(dir.path(), key(), position).unwrap();
         let ids: Vec<_> = again.entries.iter().map(|e| e.request_id.as_str()).collect();
         assert_eq!(ids, ["req-7"]);
     }
@@ -742,7 +802,7 @@ mod tests {
     #[test]
     fn a_failed_fold_after_a_start_over_gets_its_entries_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let (journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
         journal.append(entry(1)).unwrap();
         let first = journal.take();
         journal.folded(&first);
@@ -762,27 +822,53 @@ mod tests {
     }
 
     #[test]
-    fn an_edited_entry_or_a_wrong_key_is_refused() {
+    fn an_edited_entry_or_a_wrong_key_stops_the_replay_there_and_says_where() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
-        journal.append(entry(1)).unwrap();
+        let (journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
+        for i in 1..=3 {
+            journal.append(entry(i)).unwrap();
+        }
         drop(journal);
-        let err = Journal::open(dir.path(), Zeroizing::new([1; 32]), None).err().unwrap();
-        assert!(err.message().contains("MAC does not match"), "{}", err.message());
+        let (_, taken, damage) = Journal::open(dir.path(), Zeroizing::new([1; 32]), None).unwrap();
+        assert!(taken.entries.is_empty());
+        assert_eq!(damage, Some(Damage { at: HEADER, what: "a record whose MAC does not match" }));
         let path = dir.path().join(FILE);
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes.windows(5).position(|w| w == b"req-1").unwrap();
-        bytes[at + 4] = b'2';
+        let at = bytes.windows(5).position(|w| w == b"req-2").unwrap();
+        bytes[at + 4] = b'7';
         std::fs::write(&path, &bytes).unwrap();
-        let err = Journal::open(dir.path(), key(), None).err().unwrap();
-        assert!(err.message().contains("damaged"), "{}", err.message());
+        let (_, taken, damage) = Journal::open(dir.path(), key(), None).unwrap();
+        let ids: Vec<_> = taken.entries.iter().map(|e| e.request_id.as_str()).collect();
+        assert_eq!(ids, ["req-1"], "what checked out before the edit");
+        let damage = damage.expect("the edit is found");
+        assert_eq!(damage.at, taken.end);
+        assert_eq!(damage.what, "a record whose MAC does not match");
+    }
+
+    #[test]
+    fn a_journal_a_power_cut_left_older_or_newer_than_the_store_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
+        journal.start_over(&mut journal.lock(), 5);
+        journal.append(entry(1)).unwrap();
+        drop(journal);
+        // The store folded generations past the journal's pages on disk:
+        // everything in it is in the table already.
+        let (journal, taken, damage) = Journal::open(dir.path(), key(), Some((9, 300))).unwrap();
+        assert!(taken.entries.is_empty() && damage.is_none());
+        drop(journal);
+        // The store's last noted folds were lost: the journal's generation
+        // is read from its start.
+        let (_, taken, damage) = Journal::open(dir.path(), key(), Some((2, 300))).unwrap();
+        assert_eq!(taken.entries.len(), 1);
+        assert!(damage.is_none());
     }
 
     #[test]
     fn the_journal_has_its_blocks_before_anything_is_written_into_it() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let (_journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let (_journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
         let meta = std::fs::metadata(dir.path().join(FILE)).unwrap();
         assert_eq!(meta.len(), SIZE as u64);
         // Not sparse: a full disk cannot fault a write into the mapping.
@@ -793,7 +879,7 @@ mod tests {
     #[test]
     fn a_second_writer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let (journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
         let err = Journal::open(dir.path(), key(), None).err().unwrap();
         assert!(err.message().contains("in use by another"), "{}", err.message());
         drop(journal);
@@ -803,7 +889,7 @@ mod tests {
     #[test]
     fn a_full_or_stalled_journal_hands_the_entry_back() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path(), key(), None).unwrap();
+        let (journal, _, _) = Journal::open(dir.path(), key(), None).unwrap();
         journal.set_stalled(true);
         assert!(journal.append(entry(1)).is_err());
         journal.set_stalled(false);

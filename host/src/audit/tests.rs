@@ -351,3 +351,32 @@ async fn a_fold_that_fails_keeps_its_records_and_reads_wait_for_commits_again() 
     assert_eq!(resources, ["app/s1", "app/s3", "app/s4"]);
     assert_eq!(verdict(&dir, &key).unwrap().records, 3);
 }
+
+#[tokio::test]
+async fn a_damaged_journal_does_not_stop_the_start_and_the_damage_is_in_the_chain() {
+    let (dir, store) = test_store();
+    let key = key_of(&store).await;
+    let journal = journal::recover(&store, None).unwrap();
+    for i in 20..23 {
+        assert!(journal.append(entry(i)).is_ok());
+    }
+    drop(journal);
+    // Someone edits the second record in the file (or a power cut tore it).
+    let path = dir.path().join(journal::FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(7).position(|w| w == b"app/s21").unwrap();
+    bytes[at + 6] = b'9';
+    std::fs::write(&path, &bytes).unwrap();
+
+    let log = AuditLog::start(store.clone(), None, Alerts::default()).unwrap();
+    log.close().await;
+    let records = store.read(|c, _| chain::list(c, 0, 10)).await.unwrap();
+    let actions: Vec<(&str, &str)> = records.iter().map(|r| (r.action.as_str(), r.resource.as_str())).collect();
+    assert_eq!(actions, [("secret.read", "app/s20"), ("audit.journal_damaged", "audit.journal")], "{records:?}");
+    let damage = &records[1];
+    assert_eq!(damage.kind, "system");
+    assert_eq!(damage.outcome, "damaged");
+    assert!(damage.detail.contains("\"problem\":\"a record whose MAC does not match\""), "{}", damage.detail);
+    assert!(damage.detail.contains("\"records_recovered\":\"1\""), "{}", damage.detail);
+    assert_eq!(verdict(&dir, &key).unwrap().records, 2);
+}
