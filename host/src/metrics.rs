@@ -13,7 +13,7 @@ const HTTP_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2
 /// Rotation step durations: plugins talk to databases and hosts, so 10 ms to 5 min.
 const STEP_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 /// Records per group commit.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 512.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 512.0, 1000.0, 2000.0, 5000.0];
 
 pub struct Metrics {
     pub http_requests: Counter,
@@ -59,7 +59,7 @@ impl Metrics {
             ),
             audit_batch_records: Histogram::new(
                 "tumbler_audit_batch_records",
-                "Records per group commit of the audit log.",
+                "Records per audit commit: a group commit or a fold of the journal.",
                 &[],
                 BATCH_BUCKETS,
             ),

@@ -249,8 +249,8 @@ impl Journal {
     }
 
     /// In the fold's transaction: notes how far the journal is folded.
-    pub fn note_position(tx: &Transaction<'_>, taken: &Taken) -> Result<()> {
-        let value = format!("{}:{}", taken.generation, taken.end);
+    pub fn note_position(tx: &Transaction<'_>, generation: u64, end: usize) -> Result<()> {
+        let value = format!("{generation}:{end}");
         tx.exec(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [POSITION_KEY, value.as_str()],
@@ -465,7 +465,7 @@ pub fn recover(store: &Store, sink: Option<&FileSink>) -> Result<Journal> {
             tracing::info!(records = replayed, "audit records left in the journal were added to the chain");
         }
         let next = taken.generation.max(folded.map_or(0, |(g, _)| g)) + 1;
-        Journal::note_position(tx, &Taken { entries: Vec::new(), generation: next, from: HEADER, end: HEADER })?;
+        Journal::note_position(tx, next, HEADER)?;
         opened = Some((journal, next));
         Ok(())
     })?;
@@ -486,7 +486,7 @@ pub(super) fn fold(writer: &Writer) -> Result<()> {
     // Moved, not copied: a failed fold reads them back from the journal.
     let entries = std::mem::take(&mut taken.entries);
     let result = writer.store.write_blocking_with(Durability::Normal, |tx, keys| {
-        Journal::note_position(tx, &taken)?;
+        Journal::note_position(tx, taken.generation, taken.end)?;
         writer.append_in(tx, keys, entries)
     });
     match result {
