@@ -49,24 +49,28 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
     if let Some(audit) = &audit {
         req.extensions_mut().insert(audit.clone());
     }
+    // The request id only: a span's fields are formatted when it is made,
+    // for every request, and the request's last line names the method and
+    // route (see `log_finished`). A line logged inside the request carries
+    // the id, which the audit record and that last line also carry.
     let span = tracing::info_span!(
         "request",
         request_id = %request_id,
-        method = %method,
-        route = %route,
+        method = tracing::field::Empty,
+        route = tracing::field::Empty,
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
     );
     async move {
         let mut response = next.run(req).await;
         if let Some(audit) = audit {
-            response = finish_audit(&audit, &method, response).await;
+            response = finish_audit(&audit, &method, &route, response).await;
         }
         let status = response.status();
         let latency = started.elapsed();
         metrics().http_requests.inc(&[&route, method.as_str(), status.as_str()]);
         metrics().http_duration.observe(&[&route, method.as_str()], latency.as_secs_f64());
-        log_finished(status, latency);
+        log_finished(&method, &route, status, latency);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -92,12 +96,12 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
 /// caller, action, status), so a line per success only repeated it, and at
 /// tens of thousands of reads a second writing it took a tenth of the
 /// server's time.
-fn log_finished(status: StatusCode, latency: Duration) {
+fn log_finished(method: &Method, route: &str, status: StatusCode, latency: Duration) {
     let failed = status.is_client_error() || status.is_server_error();
     if !failed && !tracing::enabled!(Level::DEBUG) {
         return;
     }
-    let span = tracing::Span::current();
+    let span = name_request(method, route);
     span.record("status", status.as_u16());
     span.record("latency_ms", latency.as_secs_f64() * 1000.0);
     if failed {
@@ -107,15 +111,25 @@ fn log_finished(status: StatusCode, latency: Duration) {
     }
 }
 
+/// Adds the method and route to the current request's span, for a line
+/// about to be logged (they are not formatted for requests that log none).
+fn name_request(method: &Method, route: &str) -> tracing::Span {
+    let span = tracing::Span::current();
+    span.record("method", tracing::field::display(method));
+    span.record("route", route);
+    span
+}
+
 /// Writes the record of a request whose handler did not write it with a
 /// mutation; until it is on disk the response (a read's body) is held back.
-async fn finish_audit(audit: &RequestAudit, method: &Method, response: Response) -> Response {
+async fn finish_audit(audit: &RequestAudit, method: &Method, route: &str, response: Response) -> Response {
     let status = response.status();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if mutating && status.is_success() && !audit.written() {
         // The change committed without its record: a handler that should
         // use `RequestAudit::write`. The record still goes in, after it.
+        name_request(method, route);
         tracing::warn!("a successful mutating request did not write its audit record in its transaction");
     }
     // A read-only request changed nothing that a power cut could leave
@@ -175,7 +189,9 @@ fn request_id(headers: &HeaderMap) -> String {
         None => {
             let mut raw = [0u8; 12];
             rand::thread_rng().fill_bytes(&mut raw);
-            format!("req_{}", hex::encode(raw))
+            let mut id = *b"req_000000000000000000000000";
+            hex::encode_to_slice(raw, &mut id[4..]).expect("24 hex digits for 12 bytes");
+            String::from_utf8_lossy(&id).into_owned()
         }
     }
 }
