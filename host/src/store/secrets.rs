@@ -64,6 +64,7 @@ pub struct Written {
     pub created: bool,
 }
 
+#[derive(Clone, PartialEq, Eq)]
 pub enum Selector {
     Label(Label),
     Version(String),
@@ -220,7 +221,8 @@ pub struct Sealed {
     version_id: String,
     nonce: Vec<u8>,
     ciphertext: Vec<u8>,
-    created_at: i64,
+    /// RFC 3339, formatted once rather than at every read of a cached version.
+    created_at: String,
     /// Sorted.
     labels: Vec<String>,
     dek_wrapped: Vec<u8>,
@@ -261,6 +263,7 @@ pub fn locate(conn: &Connection, name: &SecretName, sel: &Selector) -> Result<Se
     // sees them as they were at that instant, not after a later label move.
     let mut labels: Vec<String> = labels.map(|l| l.split(',').map(str::to_owned).collect()).unwrap_or_default();
     labels.sort();
+    let created_at = rfc3339(created_at);
     Ok(Sealed { secret_id: row.id, version_id, nonce, ciphertext, created_at, labels, dek_wrapped, dek_kek_id })
 }
 
@@ -276,7 +279,7 @@ pub fn open(keys: &Keys, name: &SecretName, sealed: &Sealed) -> Result<ValueRead
         labels: sealed.labels.clone(),
         version_id: version_id.clone(),
         value: SecretValue::from_plaintext(plain)?,
-        created_at: rfc3339(sealed.created_at),
+        created_at: sealed.created_at.clone(),
     })
 }
 

@@ -33,21 +33,17 @@ pub struct ValueCache {
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<String, Cached>,
+    /// By secret name, then selector: a lookup borrows the name instead of
+    /// building a key string for every read.
+    map: HashMap<String, Vec<Cached>>,
+    count: usize,
     bytes: usize,
 }
 
 struct Cached {
+    selector: Selector,
     sealed: Arc<Sealed>,
     generation: u64,
-}
-
-/// One key per secret and selector: the name cannot hold a NUL.
-fn key(name: &SecretName, sel: &Selector) -> String {
-    match sel {
-        Selector::Label(label) => format!("{name}\0l{}", label.as_str()),
-        Selector::Version(id) => format!("{name}\0v{id}"),
-    }
 }
 
 impl ValueCache {
@@ -55,14 +51,17 @@ impl ValueCache {
     /// current data generation).
     pub fn get(&self, name: &SecretName, sel: &Selector, generation: u64) -> Option<Arc<Sealed>> {
         let mut entries = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let key = key(name, sel);
-        let cached = entries.map.get(&key)?;
-        if cached.generation == generation {
-            return Some(cached.sealed.clone());
+        let cached = entries.map.get_mut(name.as_str())?;
+        let at = cached.iter().position(|c| c.selector == *sel)?;
+        if cached[at].generation == generation {
+            return Some(cached[at].sealed.clone());
         }
-        if let Some(stale) = entries.map.remove(&key) {
-            entries.bytes -= stale.sealed.size();
+        let stale = cached.swap_remove(at);
+        if cached.is_empty() {
+            entries.map.remove(name.as_str());
         }
+        entries.count -= 1;
+        entries.bytes -= stale.sealed.size();
         None
     }
 
@@ -70,21 +69,30 @@ impl ValueCache {
     pub fn insert(&self, name: &SecretName, sel: &Selector, generation: u64, sealed: Arc<Sealed>) {
         let mut entries = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let size = sealed.size();
-        if entries.map.len() >= CAPACITY || entries.bytes + size > MAX_BYTES {
-            entries.map.clear();
-            entries.bytes = 0;
+        if entries.count >= CAPACITY || entries.bytes + size > MAX_BYTES {
+            *entries = Entries::default();
         }
         if size > MAX_BYTES {
             return;
         }
-        if let Some(old) = entries.map.insert(key(name, sel), Cached { sealed, generation }) {
-            entries.bytes -= old.sealed.size();
+        let Entries { map, count, bytes } = &mut *entries;
+        let cached = map.entry(name.as_str().to_owned()).or_default();
+        let fresh = Cached { selector: sel.clone(), sealed, generation };
+        match cached.iter_mut().find(|c| c.selector == *sel) {
+            Some(old) => {
+                *bytes -= old.sealed.size();
+                *old = fresh;
+            }
+            None => {
+                cached.push(fresh);
+                *count += 1;
+            }
         }
-        entries.bytes += size;
+        *bytes += size;
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap().map.len()
+        self.inner.lock().unwrap().count
     }
 }
