@@ -471,6 +471,41 @@ async fn plaintext_never_reaches_disk_or_logs() {
 }
 
 #[tokio::test]
+async fn a_refused_request_logs_its_method_route_and_status_and_a_read_logs_no_line() {
+    let inst = Instance::init();
+    let mut cmd = serve_command(inst.store_args());
+    // The shipped default level, whatever the caller's shell says.
+    cmd.env("TUMBLER_LOG", "info");
+    let mut server = Server::spawn(cmd).expect("server starts");
+    let c = Client::new(server.url(), Some(&inst.root_token));
+    c.create_secret("app/logged", "logged-value").await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, id: &str| {
+        http.get(format!("{}{path}", server.url())).bearer_auth(&inst.root_token).header("x-request-id", id).send()
+    };
+    assert_eq!(get("/v1/secrets/app/logged:value", "quiet-read-1").await.unwrap().status(), 200);
+    assert_eq!(get("/v1/secrets/app/missing:value", "loud-miss-1").await.unwrap().status(), 404);
+
+    let mut line = None;
+    for _ in 0..100 {
+        line = server.stderr().lines().find(|l| l.contains("loud-miss-1")).map(str::to_owned);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let line = line.unwrap_or_else(|| panic!("no line for the refused request:\n{}", server.stderr()));
+    for part in ["request finished", "method=GET", "route=/v1/secrets/{*path}", "status=404", "latency_ms="] {
+        assert!(line.contains(part), "{part:?} missing from {line:?}");
+    }
+    assert!(!line.contains("app/missing"), "a secret name in a log line: {line}");
+    server.stop();
+    let logs = format!("{}{}", server.stdout(), server.stderr());
+    assert!(!logs.contains("quiet-read-1"), "a successful read logged a line at info:\n{logs}");
+    assert!(!logs.contains("logged-value"));
+}
+
+#[tokio::test]
 async fn ciphertext_moved_to_another_version_fails_to_decrypt() {
     let mut t = Instance::start();
     let name = "app/moved";

@@ -116,7 +116,7 @@ fn log_finished(method: &Method, route: &str, status: StatusCode, latency: Durat
 fn name_request(method: &Method, route: &str) -> tracing::Span {
     let span = tracing::Span::current();
     span.record("method", tracing::field::display(method));
-    span.record("route", route);
+    span.record("route", tracing::field::display(route));
     span
 }
 
