@@ -228,7 +228,9 @@ pub async fn read_path(report: &Report) {
     ));
     section.note(format!(
         "tumbler: a release `tumbler serve` with the shipped defaults (root token checked, the read audited: its \
-         record is committed to SQLite's WAL, which is synced within 200 ms, before the {body_len}-byte body is sent). \
+         record is MAC'd and written into the audit journal, a shared memory map of a file in the data dir, before \
+         the {body_len}-byte body is sent; the journal is folded into the chain in SQLite every 10 ms, whose WAL is \
+         synced within 200 ms). \
          Bare axum: one handler returning those same {body_len} bytes, built with the same profile, on a \
          multi-threaded tokio runtime with one worker per core as tumbler's."
     ));
