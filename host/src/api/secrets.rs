@@ -14,8 +14,8 @@ use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroize;
 use std::sync::Arc;
+use zeroize::Zeroize;
 
 /// What follows the name in `/v1/secrets/{name}:{action}`.
 enum Action {
