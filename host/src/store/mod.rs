@@ -766,6 +766,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_value_cache_keeps_each_selector_of_each_secret_apart() {
+        use crate::model::{Label, SecretValue};
+        let (_dir, store) = test_store();
+        let name = |n: &str| SecretName::parse(n).unwrap();
+        let value = |v: &str| SecretValue::parse(Zeroizing::new(v.to_owned())).unwrap();
+        let one = store
+            .write(move |tx, keys| secrets::create(tx, keys, secrets::NewSecret::new(name("app/db"), value("one"))))
+            .await
+            .unwrap()
+            .version_id;
+        let two = store
+            .write(move |tx, keys| {
+                secrets::put_version(tx, keys, &name("app/db"), &value("two"), None, &[Label::current()])
+            })
+            .await
+            .unwrap()
+            .version_id;
+        store
+            .write(move |tx, keys| secrets::create(tx, keys, secrets::NewSecret::new(name("app/other"), value("x"))))
+            .await
+            .unwrap();
+        let reads = [
+            ("app/db", Selector::Label(Label::current()), "two"),
+            ("app/db", Selector::Version(one.clone()), "one"),
+            ("app/db", Selector::Label(Label::parse("previous").unwrap()), "one"),
+            ("app/db", Selector::Version(two.clone()), "two"),
+            ("app/other", Selector::Label(Label::current()), "x"),
+        ];
+        // Twice: the second time every read comes from the cache.
+        for round in 0..2 {
+            for (secret, selector, expected) in &reads {
+                let read = store.read_value(name(secret), selector.clone()).await.unwrap();
+                assert_eq!(read.value.expose(), *expected, "{secret} round {round}");
+            }
+            assert_eq!(store.inner.values.len(), reads.len(), "one entry per secret and selector");
+        }
+    }
+
+    #[tokio::test]
     async fn a_normal_commit_is_unsynced_until_the_wal_is_synced() {
         let (_dir, store) = test_store();
         let paused = pause_checkpoints(&store);
