@@ -634,6 +634,73 @@ async fn a_read_answered_before_the_server_is_killed_keeps_its_record() {
     assert_intact(&inst.data_dir, &inst.key_file);
 }
 
+#[tokio::test]
+async fn reads_answered_while_the_table_refuses_records_stay_journaled_through_a_kill() {
+    // The audit table starts refusing inserts under a running server. The
+    // next read is journaled and answered; its fold then fails, so its
+    // record is certainly in the journal, and only there, when the server
+    // is killed. The next start folds it into the table.
+    let mut inst = Instance::start();
+    inst.root().create_secret("app/db", "kept-value").await;
+    db(&inst.data_dir)
+        .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;")
+        .unwrap();
+    let records_before = assert_intact(&inst.data_dir, &inst.key_file);
+    let http = http();
+    let url = format!("{}/v1/secrets/app/db:value", inst.url());
+    let mut answered = Vec::new();
+    let mut refused = false;
+    for i in 0..200 {
+        let id = format!("while-refused-{i:03}");
+        let response =
+            http.get(&url).bearer_auth(&inst.root_token).header("x-request-id", &id).send().await.expect("read");
+        match response.status().as_u16() {
+            200 => answered.push(id),
+            503 => {
+                // The failed fold stalled the journal: reads now wait for
+                // a commit of their own, which the table refuses.
+                assert!(!response.text().await.unwrap().contains("kept-value"));
+                refused = true;
+                break;
+            }
+            other => panic!("read {id}: status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(refused, "reads were still answered after 200 tries: the failed fold did not stall the journal");
+    assert!(!answered.is_empty(), "the first read after the table broke is journaled and answered");
+    inst.kill();
+
+    let out = verify(&inst.data_dir, &inst.key_file);
+    out.assert_success();
+    assert_eq!(out.json()["records"], records_before, "the table took nothing: {out:?}");
+    assert_eq!(out.json()["journaled"], answered.len() as i64, "every answered read is in the journal: {out:?}");
+    let conn = db(&inst.data_dir);
+    let in_table: i64 =
+        conn.query_row("SELECT count(*) FROM audit WHERE request_id LIKE 'while-refused-%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(in_table, 0);
+    conn.execute_batch("DROP TRIGGER refuse").unwrap();
+    drop(conn);
+
+    inst.serve();
+    inst.stop();
+    let conn = db(&inst.data_dir);
+    let mut stmt = conn
+        .prepare("SELECT request_id, action, status FROM audit WHERE request_id LIKE 'while-refused-%' ORDER BY seq")
+        .unwrap();
+    let rows: Vec<(String, String, i64)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    drop(stmt);
+    drop(conn);
+    let found: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(found, answered.iter().map(String::as_str).collect::<Vec<_>>(), "in order, once each: {rows:?}");
+    assert!(rows.iter().all(|(_, action, status)| action == "secret.read" && *status == 200), "{rows:?}");
+    let out = verify(&inst.data_dir, &inst.key_file);
+    out.assert_success();
+    assert_eq!(out.json()["journaled"], 0, "{out:?}");
+    assert_eq!(assert_intact(&inst.data_dir, &inst.key_file), records_before + answered.len() as i64);
+}
+
 // ---------------------------------------------------------------------------
 // fail closed
 // ---------------------------------------------------------------------------
