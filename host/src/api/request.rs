@@ -62,15 +62,16 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
         latency_ms = tracing::field::Empty,
     );
     async move {
+        let name = SpanName { method: &method, route: &route, added: AtomicBool::new(false) };
         let mut response = next.run(req).await;
         if let Some(audit) = audit {
-            response = finish_audit(&audit, &method, &route, response).await;
+            response = finish_audit(&audit, &method, &name, response).await;
         }
         let status = response.status();
         let latency = started.elapsed();
         metrics().http_requests.inc(&[&route, method.as_str(), status.as_str()]);
         metrics().http_duration.observe(&[&route, method.as_str()], latency.as_secs_f64());
-        log_finished(&method, &route, status, latency);
+        log_finished(&name, status, latency);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -96,12 +97,12 @@ pub async fn track(State(st): State<AppState>, mut req: Request, next: Next) -> 
 /// caller, action, status), so a line per success only repeated it, and at
 /// tens of thousands of reads a second writing it took a tenth of the
 /// server's time.
-fn log_finished(method: &Method, route: &str, status: StatusCode, latency: Duration) {
+fn log_finished(name: &SpanName<'_>, status: StatusCode, latency: Duration) {
     let failed = status.is_client_error() || status.is_server_error();
     if !failed && !tracing::enabled!(Level::DEBUG) {
         return;
     }
-    let span = name_request(method, route);
+    let span = name.add();
     span.record("status", status.as_u16());
     span.record("latency_ms", latency.as_secs_f64() * 1000.0);
     if failed {
@@ -111,25 +112,36 @@ fn log_finished(method: &Method, route: &str, status: StatusCode, latency: Durat
     }
 }
 
-/// Adds the method and route to the current request's span, for a line
-/// about to be logged (they are not formatted for requests that log none).
-fn name_request(method: &Method, route: &str) -> tracing::Span {
-    let span = tracing::Span::current();
-    span.record("method", tracing::field::display(method));
-    span.record("route", tracing::field::display(route));
-    span
+/// The request's method and route, added to its span just before the
+/// first line that shows them (they are not formatted for requests that
+/// log none), and only once: a field recorded twice is written twice.
+struct SpanName<'a> {
+    method: &'a Method,
+    route: &'a str,
+    added: AtomicBool,
+}
+
+impl SpanName<'_> {
+    fn add(&self) -> tracing::Span {
+        let span = tracing::Span::current();
+        if !self.added.swap(true, Ordering::Relaxed) {
+            span.record("method", tracing::field::display(self.method));
+            span.record("route", tracing::field::display(self.route));
+        }
+        span
+    }
 }
 
 /// Writes the record of a request whose handler did not write it with a
 /// mutation; until it is on disk the response (a read's body) is held back.
-async fn finish_audit(audit: &RequestAudit, method: &Method, route: &str, response: Response) -> Response {
+async fn finish_audit(audit: &RequestAudit, method: &Method, name: &SpanName<'_>, response: Response) -> Response {
     let status = response.status();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     let mutating = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     if mutating && status.is_success() && !audit.written() {
         // The change committed without its record: a handler that should
         // use `RequestAudit::write`. The record still goes in, after it.
-        name_request(method, route);
+        name.add();
         tracing::warn!("a successful mutating request did not write its audit record in its transaction");
     }
     // A read-only request changed nothing that a power cut could leave
@@ -250,6 +262,48 @@ mod tests {
         let made = request_id(&HeaderMap::new());
         assert_eq!(made.len(), 28);
         assert!(made[4..].chars().all(|c| c.is_ascii_hexdigit()), "{made}");
+    }
+
+    #[test]
+    fn a_requests_method_and_route_are_added_to_its_span_once() {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(Level::DEBUG)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = %"req_1",
+                method = tracing::field::Empty,
+                route = tracing::field::Empty,
+                status = tracing::field::Empty,
+                latency_ms = tracing::field::Empty,
+            );
+            let _entered = span.enter();
+            let name = SpanName { method: &Method::POST, route: "/v1/tokens", added: AtomicBool::new(false) };
+            name.add();
+            tracing::warn!("first line");
+            log_finished(&name, StatusCode::NOT_FOUND, Duration::from_millis(3));
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let last = text.lines().find(|l| l.contains("request finished")).unwrap_or_else(|| panic!("{text}"));
+        assert!(last.contains("request_id=req_1 method=POST route=/v1/tokens status=404"), "{last}");
+        assert_eq!(last.matches("method=").count(), 1, "{last}");
+        assert_eq!(last.matches("route=").count(), 1, "{last}");
     }
 
     #[test]
