@@ -379,9 +379,11 @@ fn value_response(read: ValueRead) -> Response {
     let mut body = Vec::with_capacity(capacity);
     match serde_json::to_writer(&mut body, &read) {
         Ok(()) => ([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => {
+        // The serializer's message is not passed on: it could quote what it
+        // was writing.
+        Err(_) => {
             body.zeroize();
-            Error::internal(format!("the value's response could not be written: {e}")).into_response()
+            Error::internal("the value read could not be written as JSON; the read was not answered").into_response()
         }
     }
 }

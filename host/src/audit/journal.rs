@@ -40,6 +40,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 pub const FILE: &str = "audit.journal";
@@ -635,16 +636,11 @@ fn read_entry(
     }
     let payload = &bytes[at + 4..at + 4 + len];
     let mac = &bytes[at + 4 + len..next];
-    if !same(&entry_mac(key, generation, at, payload), mac) {
+    if !bool::from(entry_mac(key, generation, at, payload).ct_eq(mac)) {
         return Err("a record whose MAC does not match");
     }
     let entry = decode(payload).ok_or("a record that does not decode")?;
     Ok(Some((entry, next)))
-}
-
-/// Compares two MACs in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn put(out: &mut Vec<u8>, s: &str) {
